@@ -1,0 +1,19 @@
+//! outbox-relay: publishes the rows of a Postgres outbox table to Kafka exactly once.
+//!
+//! The pipeline, one module per stage, data flowing one way (see `DESIGN.md` of the team and README):
+//!
+//! ```text
+//!  source (replication) -> decode (pgoutput) -> route (row -> record) -> sink (Kafka txn) -> ack
+//! ```
+//!
+//! Only the committed LSN flows back, from the sink to the source, after a Kafka commit.
+
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod relay;
+pub mod route;
+pub mod shutdown;
+pub mod sink;
+pub mod source;
+pub mod telemetry;
