@@ -1,0 +1,627 @@
+//! A real single-node Apache Kafka 4.x broker (KRaft, broker+controller in one JVM) for tests, one per
+//! test process, plus what tests do with it: create topics (auto-create is off, as in production) and
+//! collect what a consumer sees, with read_committed or read_uncommitted isolation.
+//!
+//! Why a real broker: librdkafka's mock cluster does not fence zombie transactional producers, and the
+//! exactly-once promises are about transactions. The classpath comes from Maven Central through
+//! `dev/kafka/pom.xml`, cached in `<repo>/.cache/kafka-<version>/lib` once per clone.
+
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rand::RngCore;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::process::{self, ManagedChild};
+use crate::util::{self, free_port, random_suffix, repo_root, wait_until_blocking};
+
+/// Must match `kafka.version` in dev/kafka/pom.xml (passed to mvn with -Dkafka.version).
+pub const KAFKA_VERSION: &str = "4.1.1";
+const READY_DEADLINE: Duration = Duration::from_secs(90);
+
+/// A Kafka broker owned by this process.
+#[derive(Debug)]
+pub struct Kafka {
+    dir: PathBuf,
+    lib_dir: PathBuf,
+    port: u16,
+    controller_port: u16,
+    log_path: PathBuf,
+    child: Mutex<Option<ManagedChild>>,
+    ops: tokio::sync::Mutex<()>,
+}
+
+static SHARED: OnceLock<Kafka> = OnceLock::new();
+static SHARED_INIT: Mutex<()> = Mutex::new(());
+
+impl Kafka {
+    /// The broker shared by every test of this process, started on first use (blocking; callable from
+    /// any thread or runtime). Panics if it cannot start.
+    pub fn shared() -> &'static Kafka {
+        if let Some(k) = SHARED.get() {
+            return k;
+        }
+        let _guard = SHARED_INIT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = SHARED.get() {
+            return k;
+        }
+        let t = Instant::now();
+        let k = Kafka::start_new().expect("start the harness Kafka broker");
+        eprintln!(
+            "[harness] Kafka ready on {} in {:.1?} (dir {})",
+            k.bootstrap(),
+            t.elapsed(),
+            k.dir.display()
+        );
+        SHARED.get_or_init(|| k)
+    }
+
+    /// Starts a new broker (blocking). Most callers want [`Kafka::shared`].
+    pub fn start_new() -> Result<Kafka> {
+        let lib_dir = ensure_classpath()?;
+        let dir = process::new_process_dir("kafka")?;
+        let port = free_port();
+        let mut controller_port = free_port();
+        while controller_port == port {
+            controller_port = free_port();
+        }
+        let log_path = dir.join("kafka.log");
+        let props = format!(
+            "process.roles=broker,controller\n\
+             node.id=1\n\
+             controller.quorum.voters=1@127.0.0.1:{controller_port}\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+             controller.listener.names=CONTROLLER\n\
+             inter.broker.listener.name=PLAINTEXT\n\
+             log.dirs={logs}\n\
+             num.partitions=3\n\
+             auto.create.topics.enable=false\n\
+             offsets.topic.replication.factor=1\n\
+             offsets.topic.num.partitions=5\n\
+             transaction.state.log.replication.factor=1\n\
+             transaction.state.log.min.isr=1\n\
+             transaction.state.log.num.partitions=5\n\
+             share.coordinator.state.topic.replication.factor=1\n\
+             share.coordinator.state.topic.min.isr=1\n\
+             group.initial.rebalance.delay.ms=0\n\
+             log.flush.interval.messages=9223372036854775807\n",
+            logs = dir.join("data").display()
+        );
+        std::fs::write(dir.join("server.properties"), props)?;
+        std::fs::write(
+            dir.join("log4j2.properties"),
+            format!(
+                "status = warn\n\
+                 appender.file.type = File\n\
+                 appender.file.name = FILE\n\
+                 appender.file.fileName = {log}\n\
+                 appender.file.append = true\n\
+                 appender.file.layout.type = PatternLayout\n\
+                 appender.file.layout.pattern = [%d] %p %m (%c)%n\n\
+                 rootLogger.level = INFO\n\
+                 rootLogger.appenderRef.file.ref = FILE\n\
+                 logger.kafka.name = kafka\n\
+                 logger.kafka.level = INFO\n\
+                 logger.apache.name = org.apache.kafka\n\
+                 logger.apache.level = INFO\n",
+                log = log_path.display()
+            ),
+        )?;
+
+        // Format the storage once: random cluster id, static quorum (controller.quorum.voters), so no
+        // --standalone (that is for the dynamic quorum form, controller.quorum.bootstrap.servers).
+        let cluster_id = random_cluster_id();
+        let out = Command::new("java")
+            .args(java_common_args(&dir, &lib_dir))
+            .arg("kafka.tools.StorageTool")
+            .args(["format", "-t", &cluster_id, "-c"])
+            .arg(dir.join("server.properties"))
+            .arg("--ignore-formatted")
+            .current_dir(&dir)
+            .output()
+            .context("run kafka.tools.StorageTool")?;
+        if !out.status.success() {
+            bail!(
+                "StorageTool format failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+
+        let k = Kafka {
+            dir,
+            lib_dir,
+            port,
+            controller_port,
+            log_path,
+            child: Mutex::new(None),
+            ops: tokio::sync::Mutex::const_new(()),
+        };
+        util::block_on(k.start())??;
+        Ok(k)
+    }
+
+    /// `127.0.0.1:<port>` of the PLAINTEXT listener.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn controller_port(&self) -> u16 {
+        self.controller_port
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.child
+            .lock()
+            .expect("kafka child")
+            .as_ref()
+            .map(|c| c.pid())
+    }
+
+    /// A client config pointing at this broker (add what the client needs).
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.bootstrap());
+        c
+    }
+
+    /// Starts the JVM on the existing dirs and ports and waits until metadata answers and a
+    /// transactional producer can commit (the transaction coordinator loads lazily: tests must not pay that).
+    pub async fn start(&self) -> Result<()> {
+        let _op = self.ops.lock().await;
+        if self.pid().is_some() && matches!(self.child_try_wait(), Ok(None)) {
+            return Ok(());
+        }
+        *self.child.lock().expect("kafka child") = Some(self.spawn_jvm()?);
+        let bootstrap = self.bootstrap();
+        let log_path = self.log_path.clone();
+        let ready = tokio::task::spawn_blocking(move || wait_ready(&bootstrap, READY_DEADLINE))
+            .await
+            .context("readiness task panicked")?;
+        if let Err(e) = ready {
+            // Dropping the child kills its group.
+            drop(self.take_child());
+            return Err(e.context(format!(
+                "Kafka did not become ready; log tail:\n{}",
+                crate::postgres::tail(&log_path, 30)
+            )));
+        }
+        Ok(())
+    }
+
+    fn spawn_jvm(&self) -> Result<ManagedChild> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("kafka.stdout"))?;
+        let mut cmd = Command::new("java");
+        cmd.args(["-Xmx512m", "-Xms128m"])
+            .args(java_common_args(&self.dir, &self.lib_dir))
+            .arg("kafka.Kafka")
+            .arg(self.dir.join("server.properties"))
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        process::spawn_managed(cmd)
+    }
+
+    fn child_try_wait(&self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.lock().expect("kafka child").as_mut() {
+            Some(c) => c.try_wait(),
+            None => Ok(None),
+        }
+    }
+
+    fn take_child(&self) -> Option<ManagedChild> {
+        self.child.lock().expect("kafka child").take()
+    }
+
+    /// SIGKILL the JVM and wait until it is gone.
+    pub async fn kill9(&self) -> Result<()> {
+        let _op = self.ops.lock().await;
+        if let Some(mut c) = self.take_child() {
+            c.kill9().await?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM (controlled shutdown) and wait; SIGKILL after 60 s.
+    pub async fn stop_graceful(&self) -> Result<()> {
+        let _op = self.ops.lock().await;
+        if let Some(mut c) = self.take_child() {
+            let _ = c.signal_group(libc::SIGCONT);
+            let _ = c.signal_group(libc::SIGTERM);
+            if let Err(e) = c.wait_group_gone(Duration::from_secs(60)).await {
+                let _ = c.kill9().await;
+                return Err(e.context("Kafka did not stop in time; killed it"));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn restart(&self) -> Result<()> {
+        self.stop_graceful().await?;
+        self.start().await
+    }
+
+    /// SIGSTOP: the broker freezes (connections stay open, nothing answers).
+    pub fn pause(&self) -> Result<()> {
+        let pid = self.pid().ok_or_else(|| anyhow!("Kafka is not running"))?;
+        process::send_signal(-pid, libc::SIGSTOP)
+    }
+
+    /// SIGCONT after [`Kafka::pause`].
+    pub fn resume(&self) -> Result<()> {
+        let pid = self.pid().ok_or_else(|| anyhow!("Kafka is not running"))?;
+        process::send_signal(-pid, libc::SIGCONT)
+    }
+
+    /// Creates a topic (replication factor 1) and waits until metadata shows every partition with a leader.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: &[(&str, &str)],
+    ) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config()
+            .create()
+            .context("create AdminClient")?;
+        let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        for (k, v) in config {
+            topic = topic.set(k, v);
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin.create_topics([&topic], &opts).await?;
+        for r in results {
+            if let Err((t, code)) = r {
+                bail!("create topic {t}: {code}");
+            }
+        }
+        let bootstrap = self.bootstrap();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .create()?;
+            wait_until_blocking(
+                Duration::from_secs(30),
+                &format!("topic {name} in metadata"),
+                || {
+                    let md = consumer.fetch_metadata(Some(&name), Duration::from_secs(5))?;
+                    let ok = md.topics().iter().any(|t| {
+                        t.name() == name
+                            && t.error().is_none()
+                            && t.partitions().len() == partitions as usize
+                            && t.partitions()
+                                .iter()
+                                .all(|p| p.leader() >= 0 && p.error().is_none())
+                    });
+                    Ok(ok.then_some(()))
+                },
+            )
+        })
+        .await??;
+        Ok(())
+    }
+
+    /// A fresh consumer (random group, from the beginning, every partition assigned) reads `topics` until
+    /// `expected` records arrived and then a quiet period of 2 s without new records (to catch
+    /// duplicates that arrive late), or until `deadline`. Returns what it got, in arrival order.
+    pub async fn collect(
+        &self,
+        topics: &[String],
+        expected: usize,
+        deadline: Duration,
+        read_committed: bool,
+    ) -> Result<Vec<Record>> {
+        self.consume(topics, Some(expected), deadline, read_committed)
+            .await
+    }
+
+    /// Reads `topics` from the beginning for `duration`, whatever arrives.
+    pub async fn collect_for(
+        &self,
+        topics: &[String],
+        duration: Duration,
+        read_committed: bool,
+    ) -> Result<Vec<Record>> {
+        self.consume(topics, None, duration, read_committed).await
+    }
+
+    async fn consume(
+        &self,
+        topics: &[String],
+        expected: Option<usize>,
+        deadline: Duration,
+        read_committed: bool,
+    ) -> Result<Vec<Record>> {
+        let bootstrap = self.bootstrap();
+        let topics = topics.to_vec();
+        tokio::task::spawn_blocking(move || {
+            consume_blocking(&bootstrap, &topics, expected, deadline, read_committed)
+        })
+        .await
+        .context("consumer task panicked")?
+    }
+}
+
+/// A record as a consumer saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Record {
+    /// The first header named `name`, as UTF-8 text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    pub fn key_str(&self) -> Option<&str> {
+        self.key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+    }
+
+    pub fn value_str(&self) -> Option<&str> {
+        self.value
+            .as_deref()
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+}
+
+const QUIET: Duration = Duration::from_secs(2);
+
+fn consume_blocking(
+    bootstrap: &str,
+    topics: &[String],
+    expected: Option<usize>,
+    deadline: Duration,
+    read_committed: bool,
+) -> Result<Vec<Record>> {
+    let start = Instant::now();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("harness-collect-{}", random_suffix()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "isolation.level",
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .context("create consumer")?;
+    // Assign every partition explicitly: no group rebalance to wait for.
+    let mut tpl = TopicPartitionList::new();
+    for t in topics {
+        let md = consumer.fetch_metadata(Some(t), Duration::from_secs(10))?;
+        let topic = md
+            .topics()
+            .iter()
+            .find(|m| m.name() == t)
+            .ok_or_else(|| anyhow!("topic {t} not in metadata"))?;
+        if let Some(e) = topic.error() {
+            bail!("topic {t}: {e:?}");
+        }
+        for p in topic.partitions() {
+            tpl.add_partition_offset(t, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&tpl)?;
+    let mut out = Vec::new();
+    let mut last_new = Instant::now();
+    loop {
+        let elapsed = start.elapsed();
+        if elapsed >= deadline {
+            break;
+        }
+        if let Some(n) = expected {
+            if out.len() >= n && last_new.elapsed() >= QUIET {
+                break;
+            }
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Record {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+                last_new = Instant::now();
+            }
+            Some(Err(e)) => {
+                // Partition EOF is off by default; transient errors are retried by librdkafka.
+                tracing::debug!("consumer error: {e}");
+            }
+            None => {}
+        }
+    }
+    Ok(out)
+}
+
+fn java_common_args(dir: &Path, lib_dir: &Path) -> Vec<String> {
+    vec![
+        format!(
+            "-Dlog4j2.configurationFile={}",
+            dir.join("log4j2.properties").display()
+        ),
+        format!("-Dkafka.logs.dir={}", dir.display()),
+        "-Djava.awt.headless=true".into(),
+        "-cp".into(),
+        format!("{}/*", lib_dir.display()),
+    ]
+}
+
+/// Metadata answers, then a probe transactional producer commits an empty transaction.
+fn wait_ready(bootstrap: &str, deadline: Duration) -> Result<()> {
+    let start = Instant::now();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    wait_until_blocking(deadline, "Kafka metadata", || {
+        let md = consumer.fetch_metadata(None, Duration::from_secs(2))?;
+        Ok((!md.brokers().is_empty()).then_some(()))
+    })?;
+    let remaining = deadline.saturating_sub(start.elapsed());
+    wait_until_blocking(remaining, "Kafka transaction coordinator", || {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set(
+                "transactional.id",
+                format!("harness-probe-{}", random_suffix()),
+            )
+            .set("transaction.timeout.ms", "60000")
+            .create()?;
+        producer.init_transactions(Duration::from_secs(20))?;
+        producer.begin_transaction()?;
+        producer.commit_transaction(Duration::from_secs(20))?;
+        Ok(Some(()))
+    })
+}
+
+/// 16 random bytes, base64url without padding (22 chars): the form Kafka's cluster ids take.
+fn random_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    let mut out = String::with_capacity(22);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// `<repo>/.cache/kafka-<version>/lib`, filled by mvn once per clone under a file lock (several test
+/// binaries may start at once); a `.complete` marker says it is whole.
+pub fn ensure_classpath() -> Result<PathBuf> {
+    let version =
+        std::env::var("OUTBOX_RELAY_KAFKA_VERSION").unwrap_or_else(|_| KAFKA_VERSION.into());
+    let cache = repo_root().join(".cache").join(format!("kafka-{version}"));
+    let lib = cache.join("lib");
+    let marker = cache.join(".complete");
+    if marker.exists() {
+        return Ok(lib);
+    }
+    std::fs::create_dir_all(&cache)?;
+    let lock = File::create(cache.with_extension("lock"))?;
+    // SAFETY: flock on an fd we own; blocks until the other holder finishes.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("flock the Kafka cache lock");
+    }
+    if marker.exists() {
+        return Ok(lib);
+    }
+    let _ = std::fs::remove_dir_all(&lib);
+    let t = Instant::now();
+    eprintln!(
+        "[harness] fetching the Kafka {version} classpath with Maven into {}",
+        lib.display()
+    );
+    let out = Command::new("mvn")
+        .arg("-q")
+        .arg("-B")
+        .arg("-f")
+        .arg(repo_root().join("dev/kafka/pom.xml"))
+        .arg("dependency:copy-dependencies")
+        .arg(format!("-DoutputDirectory={}", lib.display()))
+        .arg("-DincludeScope=runtime")
+        .arg(format!("-Dkafka.version={version}"))
+        .output()
+        .context("run mvn (is Maven installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "mvn dependency:copy-dependencies failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if !lib.join(format!("kafka_2.13-{version}.jar")).exists() {
+        bail!(
+            "mvn ran but {} has no kafka_2.13-{version}.jar",
+            lib.display()
+        );
+    }
+    std::fs::write(&marker, format!("kafka {version}\n"))?;
+    eprintln!("[harness] Kafka classpath ready in {:.1?}", t.elapsed());
+    Ok(lib)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_id_is_22_base64url_chars() {
+        let id = random_cluster_id();
+        assert_eq!(id.len(), 22, "{id}");
+        assert!(id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+}

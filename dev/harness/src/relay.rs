@@ -1,0 +1,348 @@
+//! The relay as tests see it: a child process (`outbox-relay run --config <file>`) that can be killed,
+//! signalled and restarted like in production, and a config builder that gives each test its own slot,
+//! topics and checkpoint topic on the shared servers, so parallel tests never see each other's events.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::kafka::Kafka;
+use crate::postgres::{Postgres, TestDb};
+use crate::process::{self, ManagedChild};
+use crate::util::random_suffix;
+
+/// A running relay process. Dropping it kills it (SIGKILL).
+#[derive(Debug)]
+pub struct RelayProcess {
+    child: ManagedChild,
+    dir: PathBuf,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl RelayProcess {
+    /// Writes `config_toml` to a fresh file (mode 0600: it holds passwords) and spawns
+    /// `<bin> run --config <file>` with stdout and stderr appended to a log file.
+    pub fn spawn(bin: &Path, config_toml: &str, env: &[(&str, &str)]) -> Result<RelayProcess> {
+        let dir = process::new_process_dir("relay")?;
+        let config_path = dir.join("relay.toml");
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&config_path)?;
+        f.write_all(config_toml.as_bytes())?;
+        drop(f);
+        let log_path = dir.join("relay.log");
+        Self::spawn_with(bin, dir, config_path, log_path, env)
+    }
+
+    fn spawn_with(
+        bin: &Path,
+        dir: PathBuf,
+        config_path: PathBuf,
+        log_path: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Result<RelayProcess> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = process::spawn_managed(cmd)
+            .with_context(|| format!("spawn relay {}", bin.display()))?;
+        Ok(RelayProcess {
+            child,
+            dir,
+            config_path,
+            log_path,
+            exit: None,
+        })
+    }
+
+    /// Another process with the same binary, config file and log file (e.g. after a kill -9).
+    pub fn respawn(&self, bin: &Path, env: &[(&str, &str)]) -> Result<RelayProcess> {
+        Self::spawn_with(
+            bin,
+            self.dir.clone(),
+            self.config_path.clone(),
+            self.log_path.clone(),
+            env,
+        )
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.pid()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Everything the process wrote to stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        if self.exit.is_some() {
+            return false;
+        }
+        match self.child.try_wait() {
+            Ok(Some(s)) => {
+                self.exit = Some(s);
+                false
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// SIGKILL, and wait until it is gone.
+    pub async fn kill9(&mut self) -> Result<ExitStatus> {
+        let s = self.child.kill9().await?;
+        self.exit = Some(s);
+        Ok(s)
+    }
+
+    /// SIGTERM (graceful drain); use [`RelayProcess::wait_exit`] to see how it ends.
+    pub fn sigterm(&self) -> Result<()> {
+        process::send_signal(self.pid(), libc::SIGTERM)
+    }
+
+    pub fn sigint(&self) -> Result<()> {
+        process::send_signal(self.pid(), libc::SIGINT)
+    }
+
+    pub fn sighup(&self) -> Result<()> {
+        process::send_signal(self.pid(), libc::SIGHUP)
+    }
+
+    /// Waits up to `deadline` for the process to exit; None if it still runs.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.exit {
+                return Some(s);
+            }
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.exit = Some(s);
+                return Some(s);
+            }
+            if start.elapsed() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the log contains `needle` (e.g. a readiness line), failing if the process exits first.
+    pub async fn wait_for_log(&mut self, needle: &str, deadline: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if self.logs().contains(needle) {
+                return Ok(());
+            }
+            if !self.is_running() {
+                bail!(
+                    "relay exited ({:?}) before logging {needle:?}; logs:\n{}",
+                    self.exit,
+                    self.logs()
+                );
+            }
+            if start.elapsed() >= deadline {
+                bail!(
+                    "relay did not log {needle:?} within {deadline:?}; logs:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs a one-shot command (`<bin> validate --config ...`, `--version`...) and returns its exit status,
+/// stdout and stderr.
+pub fn run_cli(
+    bin: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(ExitStatus, String, String)> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("run {} {args:?}", bin.display()))?;
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A relay config for one test: its own slot, topics and checkpoint topic on the shared servers.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    pub suffix: String,
+    pub slot: String,
+    pub topic_prefix: String,
+    pub checkpoint_topic: String,
+    table: toml::Table,
+}
+
+impl RelayConfig {
+    pub fn new(pg: &Postgres, db: &TestDb, kafka: &Kafka) -> RelayConfig {
+        let suffix = random_suffix();
+        let slot = format!("s_{suffix}");
+        let topic_prefix = format!("t_{suffix}");
+        let checkpoint_topic = format!("{topic_prefix}.checkpoints");
+        let mut c = RelayConfig {
+            suffix,
+            slot: slot.clone(),
+            topic_prefix: topic_prefix.clone(),
+            checkpoint_topic: checkpoint_topic.clone(),
+            table: toml::Table::new(),
+        };
+        c.set("postgres.host", pg.host());
+        c.set("postgres.port", i64::from(pg.port()));
+        c.set("postgres.dbname", db.name.as_str());
+        c.set("postgres.user", Postgres::RELAY_USER);
+        c.set("postgres.password", Postgres::RELAY_PASSWORD);
+        c.set("postgres.slot", slot);
+        c.set("postgres.publication", "outbox_pub");
+        c.set("postgres.create_slot", true);
+        c.set("outbox.table", "public.outbox");
+        c.set("kafka.bootstrap_servers", kafka.bootstrap());
+        c.set("kafka.checkpoint_topic", checkpoint_topic);
+        c.set(
+            "routing.topic_template",
+            format!("{topic_prefix}.{{aggregate_type}}"),
+        );
+        c.set("batch.max_events", 10_000i64);
+        c.set("batch.max_delay_ms", 100i64);
+        c.set("batch.split_events", 50_000i64);
+        c.set("log.format", "text");
+        c.set("log.level", "info");
+        c
+    }
+
+    /// Sets any dotted key (`"kafka.bootstrap_servers"`), creating tables on the way.
+    pub fn set(&mut self, path: &str, value: impl Into<toml::Value>) -> &mut Self {
+        let parts: Vec<&str> = path.split('.').collect();
+        let (last, tables) = parts.split_last().expect("non-empty path");
+        let mut t = &mut self.table;
+        for p in tables {
+            let entry = t
+                .entry((*p).to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(toml::Table::new());
+            }
+            t = entry.as_table_mut().expect("just made a table");
+        }
+        t.insert((*last).to_string(), value.into());
+        self
+    }
+
+    /// Removes a dotted key (to test defaults or missing-key errors).
+    pub fn unset(&mut self, path: &str) -> &mut Self {
+        let parts: Vec<&str> = path.split('.').collect();
+        let (last, tables) = parts.split_last().expect("non-empty path");
+        let mut t = &mut self.table;
+        for p in tables {
+            match t.get_mut(*p).and_then(|v| v.as_table_mut()) {
+                Some(next) => t = next,
+                None => return self,
+            }
+        }
+        t.remove(*last);
+        self
+    }
+
+    /// The value at a dotted key.
+    pub fn get(&self, path: &str) -> Option<&toml::Value> {
+        let mut parts = path.split('.');
+        let mut v = self.table.get(parts.next()?)?;
+        for p in parts {
+            v = v.as_table()?.get(p)?;
+        }
+        Some(v)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&self.table).expect("a toml::Table always serializes")
+    }
+
+    /// The topic events of `aggregate_type` are routed to.
+    pub fn topic_for(&self, aggregate_type: &str) -> String {
+        format!("{}.{aggregate_type}", self.topic_prefix)
+    }
+
+    /// Creates the routed topics (brokers have auto-create off).
+    pub async fn create_topics(
+        &self,
+        kafka: &Kafka,
+        aggregate_types: &[&str],
+        partitions: i32,
+    ) -> Result<()> {
+        for t in aggregate_types {
+            kafka
+                .create_topic(&self.topic_for(t), partitions, &[])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the checkpoint topic as the relay expects it (compacted, one partition), for tests that
+    /// do not want the relay to create it.
+    pub async fn create_checkpoint_topic(&self, kafka: &Kafka) -> Result<()> {
+        kafka
+            .create_topic(&self.checkpoint_topic, 1, &[("cleanup.policy", "compact")])
+            .await
+    }
+}
+
+/// The relay binary cargo built for this test run: `CARGO_BIN_EXE_outbox-relay` is only set for the
+/// relay crate's own tests, so callers pass it in; this finds it next to the test binary otherwise.
+pub fn find_relay_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("OUTBOX_RELAY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/it-xxxx -> target/<profile>/outbox-relay
+    let candidate = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("outbox-relay"))
+        .ok_or_else(|| anyhow!("no parent dir for {}", exe.display()))?;
+    if candidate.exists() {
+        Ok(candidate)
+    } else {
+        bail!(
+            "relay binary not found at {} (set OUTBOX_RELAY_BIN)",
+            candidate.display()
+        )
+    }
+}
