@@ -1,1 +1,662 @@
-//! relay (stub)
+//! The relay: builds the stages and runs the exactly-once loop (DESIGN.md section 4).
+//!
+//! ```text
+//!  Stream (source) ──event──> decode ──row──> Router ──record──> Sink (Kafka txn)
+//!       ^                                                            │ commit_transaction Ok
+//!       └──────────────────── ack(resume_lsn) ───────────────────────┘
+//! ```
+//!
+//! A *session* is one replication connection plus one producer. Start-up order matters:
+//! 1. acquire the slot (`START_REPLICATION`): a standby waits here without disturbing anyone;
+//! 2. `init_transactions`: fences any zombie with our `transactional.id`;
+//! 3. read the checkpoint to the end (`read_committed`): nobody else can write it now;
+//! 4. check `confirmed_flush_lsn <= resume_lsn`, else someone moved the slot: stop (exit 70);
+//! 5. stream; skip client-side what the checkpoint covers (whole transactions whose commit is
+//!    before `resume_lsn`, and the first `next_index` changes of a partial one).
+//!
+//! Two positions are never confused: what was *received* lives in this loop only; what was
+//! *committed* in Kafka (`resume_lsn`) is the only one ever acknowledged to Postgres.
+//!
+//! Any error ends the session; [`run`] decides by its [`Kind`] whether to reconnect (transient,
+//! standby) or stop. A new session re-reads the checkpoint, so an aborted Kafka transaction is
+//! simply replayed.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::decode::{self, ColumnMap, InsertError, OutboxDecoder, PgOutput};
+use crate::error::{Error, Kind, Result};
+use crate::route::{Position, Record, RouteError, Router, RouterSettings};
+use crate::shutdown::Shutdown;
+use crate::sink::{self, Checkpoint, Partial, SendError, Sink, SinkSettings};
+use crate::source::control::Control;
+use crate::source::{lsn, SourceEvent, SourceSettings, Stream};
+use crate::telemetry::Status;
+
+/// What to do with a row that cannot be published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnError {
+    /// Publish it to this topic with the reason in headers, in the same Kafka transaction.
+    DeadLetter(String),
+    /// Stop the relay, acknowledging nothing past it.
+    Stop,
+}
+
+/// When to cut a Kafka transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSettings {
+    /// Commit once this many records are in the open transaction (at a Postgres commit).
+    pub max_events: u64,
+    /// Commit once this many bytes are in the open transaction (at a Postgres commit).
+    pub max_bytes: u64,
+    /// Commit once the open transaction is this old (at a Postgres commit).
+    pub max_delay: Duration,
+    /// Split a Postgres transaction once the open Kafka transaction holds this many records.
+    pub split_events: u64,
+    /// Least time between two checkpoint-only commits while the outbox is idle.
+    pub idle_checkpoint: Duration,
+}
+
+/// Reconnect policy.
+#[derive(Debug, Clone, Copy)]
+pub struct RetrySettings {
+    /// First pause after a failure.
+    pub initial_backoff: Duration,
+    /// Longest pause.
+    pub max_backoff: Duration,
+    /// A server unavailable this long ends the relay (exit 69).
+    pub max_elapsed: Duration,
+}
+
+/// Everything the relay needs, resolved from the configuration.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Postgres side.
+    pub source: SourceSettings,
+    /// Kafka side (`checkpoint_key` is filled in per session from the system identifier).
+    pub sink: SinkSettings,
+    /// Routing rules.
+    pub router: RouterSettings,
+    /// Outbox column mapping.
+    pub columns: ColumnMap,
+    /// Transaction cutting.
+    pub batch: BatchSettings,
+    /// Bad rows.
+    pub on_error: OnError,
+    /// Reconnects.
+    pub retry: RetrySettings,
+}
+
+/// Runs sessions until shutdown or a non-retriable error.
+pub async fn run(settings: RelaySettings, shutdown: Shutdown, status: Arc<Status>) -> Result<()> {
+    let mut backoff = settings.retry.initial_backoff;
+    let mut failing_since: Option<Instant> = None;
+    let mut standing_by = false;
+    loop {
+        if shutdown.is_requested() {
+            return Ok(());
+        }
+        let mut made_progress = false;
+        let outcome = session(&settings, &shutdown, &status, &mut made_progress).await;
+        status.ready.store(false, Ordering::Relaxed);
+        let err = match outcome {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if made_progress {
+            failing_since = None;
+            backoff = settings.retry.initial_backoff;
+        }
+        match err.kind() {
+            Kind::Standby => {
+                if !standing_by {
+                    tracing::info!(slot = %settings.source.slot, "{}", err.report());
+                    standing_by = true;
+                }
+                failing_since = None;
+                backoff = settings.retry.initial_backoff.min(Duration::from_secs(1));
+            }
+            Kind::Transient => {
+                standing_by = false;
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > settings.retry.max_elapsed {
+                    return Err(Error::transient(format!(
+                        "giving up after {:?} of failures: {}",
+                        since.elapsed(),
+                        err.report()
+                    )));
+                }
+                tracing::warn!(
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "session ended: {}",
+                    err.report()
+                );
+                status.errors_transient.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => return Err(err),
+        }
+        tokio::select! {
+            _ = shutdown.requested() => return Ok(()),
+            _ = tokio::time::sleep(jitter(backoff)) => {}
+        }
+        if err.kind() == Kind::Transient {
+            backoff = (backoff * 2).min(settings.retry.max_backoff);
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    // 75% .. 125% of the pause.
+    let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
+    d.mul_f64(factor)
+}
+
+/// Runs a blocking Kafka call without stalling the executor.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// One session: connect, start up in order, stream until shutdown or error.
+async fn session(
+    settings: &RelaySettings,
+    shutdown: &Shutdown,
+    status: &Arc<Status>,
+    made_progress: &mut bool,
+) -> Result<()> {
+    let src = &settings.source;
+    // Checks that need no slot first, so a misconfiguration is reported before standing by.
+    let control = Control::connect(src).await?;
+    control.check_server().await?;
+    control.ensure_slot().await?;
+
+    // (1) Acquire the slot.
+    let stream = Stream::open(src).await?;
+    let mut sink_settings = settings.sink.clone();
+    sink_settings.checkpoint_key = format!("{}/{}/{}", stream.system_id, src.dbname, src.slot);
+
+    // (2) Fence zombies, (3) read the checkpoint.
+    let call = sink_settings.call_timeout;
+    let sink = blocking(|| -> Result<Sink> {
+        Sink::ensure_checkpoint_topic(&sink_settings)?;
+        Sink::connect(sink_settings.clone(), call.max(Duration::from_secs(30)))
+    })?;
+    let checkpoint = blocking(|| {
+        sink::checkpoint::read(
+            &sink_settings.client_props,
+            &sink_settings.checkpoint_topic,
+            &sink_settings.checkpoint_key,
+            call.max(Duration::from_secs(30)),
+        )
+    })?;
+
+    // (4) The slot never moves past what Kafka holds, unless someone else moved it.
+    let slot = control.slot().await?.ok_or_else(|| {
+        Error::invariant(format!(
+            "postgres {}: slot {:?} disappeared while the relay held it",
+            src.address(),
+            src.slot
+        ))
+    })?;
+    let confirmed = slot.confirmed_flush_lsn.unwrap_or(0);
+    let (resume_lsn, partial) = match &checkpoint {
+        Some(cp) => {
+            if confirmed > cp.resume_lsn {
+                return Err(Error::invariant(format!(
+                    "slot {:?} has confirmed_flush_lsn {} but the checkpoint in {:?} (key {:?}) says only up to {} is published: something advanced the slot behind the relay's back, and events in between may be lost. Investigate, then either reset the checkpoint (see README) or recreate the slot",
+                    src.slot,
+                    lsn::format(confirmed),
+                    sink_settings.checkpoint_topic,
+                    sink_settings.checkpoint_key,
+                    lsn::format(cp.resume_lsn),
+                )));
+            }
+            (cp.resume_lsn, cp.partial)
+        }
+        None => {
+            tracing::info!(
+                slot = %src.slot,
+                confirmed_flush_lsn = %lsn::format(confirmed),
+                "no checkpoint yet for this slot: publishing from the slot's position"
+            );
+            (confirmed, None)
+        }
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        slot = %src.slot,
+        transactional_id = %sink_settings.transactional_id,
+        resume_lsn = %lsn::format(resume_lsn),
+        partial = ?partial,
+        system_id = %stream.system_id,
+        "outbox-relay started: slot acquired, producer initialised, checkpoint read"
+    );
+    stream.ack(resume_lsn);
+    status.ready.store(true, Ordering::Relaxed);
+    status.checkpoint_lsn.store(resume_lsn, Ordering::Relaxed);
+    *made_progress = true;
+
+    let mut pipe = Pipeline {
+        settings,
+        stream,
+        sink,
+        decoder: OutboxDecoder::new(&src.table_schema, &src.table_name, settings.columns.clone()),
+        router: Router::new(settings.router.clone()),
+        status: status.clone(),
+        resume_lsn,
+        partial_at_start: partial,
+        pending_resume: resume_lsn,
+        cur: None,
+        txn_opened_at: None,
+        txn_bytes: 0,
+        last_commit_at: Instant::now(),
+        wal_end: 0,
+    };
+    let result = pipe.run(shutdown).await;
+    if result.is_err() {
+        blocking(|| pipe.sink.abort());
+    }
+    let Pipeline { stream, .. } = pipe;
+    stream.close().await;
+    result
+}
+
+/// The Postgres transaction being received.
+#[derive(Debug, Clone, Copy)]
+struct CurTxn {
+    final_lsn: u64,
+    xid: u32,
+    commit_ts_micros: i64,
+    /// Outbox changes seen so far in this transaction.
+    index: u64,
+    /// Changes to skip: already published (partial checkpoint), or all of them.
+    skip_through: u64,
+}
+
+struct Pipeline<'a> {
+    settings: &'a RelaySettings,
+    stream: Stream,
+    sink: Sink,
+    decoder: OutboxDecoder,
+    router: Router,
+    status: Arc<Status>,
+    /// Committed in Kafka and acknowledged: the end LSN of the last fully published transaction.
+    resume_lsn: u64,
+    /// The checkpoint's partial transaction, consulted at the first Begin of the session.
+    partial_at_start: Option<Partial>,
+    /// What the next commit may checkpoint: the end of the last transaction fully received
+    /// (and queued in the open Kafka transaction), or a keepalive's WAL end while idle.
+    pending_resume: u64,
+    cur: Option<CurTxn>,
+    txn_opened_at: Option<Instant>,
+    txn_bytes: u64,
+    last_commit_at: Instant,
+    wal_end: u64,
+}
+
+impl Pipeline<'_> {
+    async fn run(&mut self, shutdown: &Shutdown) -> Result<()> {
+        let batch = self.settings.batch;
+        loop {
+            let commit_due = self
+                .txn_opened_at
+                .filter(|_| self.cur.is_none())
+                .map(|t| t + batch.max_delay);
+            let idle_due = (self.cur.is_none()
+                && !self.sink.in_transaction()
+                && self.pending_resume > self.resume_lsn)
+                .then(|| self.last_commit_at + batch.idle_checkpoint);
+            // Priority order: shutdown, then a due commit (latency), then the stream, then idle
+            // checkpoints.
+            tokio::select! {
+                biased;
+                _ = shutdown.requested() => {
+                    return self.drain().await;
+                }
+                _ = sleep_until(commit_due), if commit_due.is_some() => {
+                    self.commit(None)?;
+                }
+                ev = self.stream.recv(&self.settings.source) => {
+                    self.handle(ev?)?;
+                    // Take what is already buffered without yielding to the timers each time.
+                    for _ in 0..256 {
+                        match futures::FutureExt::now_or_never(self.stream.recv(&self.settings.source)) {
+                            Some(ev) => self.handle(ev?)?,
+                            None => break,
+                        }
+                    }
+                }
+                _ = sleep_until(idle_due), if idle_due.is_some() => {
+                    self.commit(None)?;
+                }
+            }
+        }
+    }
+
+    /// Shutdown: commit what is open (as a partial checkpoint when inside a Postgres
+    /// transaction), acknowledge, return.
+    async fn drain(&mut self) -> Result<()> {
+        if self.sink.in_transaction() {
+            let partial = self.cur.and_then(partial_of);
+            self.commit(partial)?;
+        }
+        tracing::info!(
+            resume_lsn = %lsn::format(self.resume_lsn),
+            "drained: everything received is committed in Kafka and acknowledged"
+        );
+        Ok(())
+    }
+
+    fn handle(&mut self, ev: SourceEvent) -> Result<()> {
+        match ev {
+            SourceEvent::Begin {
+                final_lsn,
+                xid,
+                commit_ts_micros,
+            } => {
+                if self.cur.is_some() {
+                    return Err(Error::transient(format!(
+                        "postgres: Begin of xid {xid} inside an open transaction (protocol error)"
+                    )));
+                }
+                let mut skip_through = 0;
+                if final_lsn < self.resume_lsn {
+                    // Whole transaction already published.
+                    skip_through = u64::MAX;
+                } else if let Some(p) = self.partial_at_start.take() {
+                    if p.final_lsn != final_lsn || p.xid != xid {
+                        return Err(Error::invariant(format!(
+                            "the checkpoint says transaction xid {} (commit {}) was partly published, but the stream resumed with xid {xid} (commit {}): the slot does not match the checkpoint",
+                            p.xid,
+                            lsn::format(p.final_lsn),
+                            lsn::format(final_lsn)
+                        )));
+                    }
+                    skip_through = p.next_index;
+                }
+                self.cur = Some(CurTxn {
+                    final_lsn,
+                    xid,
+                    commit_ts_micros,
+                    index: 0,
+                    skip_through,
+                });
+            }
+            SourceEvent::Change { lsn, data } => self.change(lsn, data)?,
+            SourceEvent::Commit { end_lsn, .. } => {
+                let Some(cur) = self.cur.take() else {
+                    return Err(Error::transient(
+                        "postgres: Commit without Begin (protocol error)",
+                    ));
+                };
+                let _ = cur;
+                if end_lsn > self.pending_resume {
+                    self.pending_resume = end_lsn;
+                }
+                if self.sink.in_transaction()
+                    && (self.sink.records_in_transaction() >= self.settings.batch.max_events
+                        || self.txn_bytes >= self.settings.batch.max_bytes)
+                {
+                    self.commit(None)?;
+                }
+            }
+            SourceEvent::Message { .. } => {}
+            SourceEvent::KeepAlive { wal_end } => {
+                self.wal_end = self.wal_end.max(wal_end);
+                self.status
+                    .server_wal_end
+                    .store(self.wal_end, Ordering::Relaxed);
+                // Between transactions, everything before the server's sent position has been
+                // received: while nothing is open, that position may be checkpointed (as
+                // Postgres' own apply worker reports it), so an idle outbox never pins WAL.
+                if self.cur.is_none()
+                    && !self.sink.in_transaction()
+                    && wal_end > self.pending_resume
+                {
+                    self.pending_resume = wal_end;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn change(&mut self, change_lsn: u64, data: Bytes) -> Result<()> {
+        let msg = decode::decode(data).map_err(|e| {
+            Error::transient(format!(
+                "postgres: undecodable pgoutput message at {}",
+                lsn::format(change_lsn)
+            ))
+            .with_source(e)
+        })?;
+        match msg {
+            PgOutput::Relation(rel) => self.decoder.relation(rel),
+            PgOutput::Insert { relation_id, tuple } => {
+                let Some(cur) = self.cur.as_mut() else {
+                    return Err(Error::transient(
+                        "postgres: Insert outside a transaction (protocol error)",
+                    ));
+                };
+                cur.index += 1;
+                if cur.index <= cur.skip_through {
+                    return Ok(());
+                }
+                let cur = *cur;
+                let pos = Position {
+                    lsn: change_lsn,
+                    xid: cur.xid,
+                    commit_ts_micros: cur.commit_ts_micros,
+                };
+                match self.decoder.insert(relation_id, tuple) {
+                    Ok(row) => {
+                        let event_id = row.id.clone();
+                        let key = Bytes::from(row.aggregate_id.clone());
+                        let payload = row.payload.clone();
+                        match self.router.route(row, &pos) {
+                            Ok(rec) => self.send(rec, &pos, Some(&event_id), Some(key), payload)?,
+                            Err(RouteError { reason, detail }) => self.bad_row(
+                                reason,
+                                detail,
+                                &pos,
+                                Some(&event_id),
+                                Some(key),
+                                payload,
+                            )?,
+                        }
+                    }
+                    Err(InsertError::Row(e)) => {
+                        let key = e
+                            .raw
+                            .get(&self.settings.columns.aggregate_id)
+                            .flatten()
+                            .cloned();
+                        let value = e
+                            .raw
+                            .get(&self.settings.columns.payload)
+                            .flatten()
+                            .cloned()
+                            .unwrap_or_default();
+                        let event_id = e.event_id.clone();
+                        self.bad_row(
+                            e.reason.code(),
+                            e.to_string(),
+                            &pos,
+                            event_id.as_deref(),
+                            key,
+                            value,
+                        )?;
+                    }
+                    Err(e) => {
+                        return Err(Error::config(format!(
+                            "postgres: the outbox stream does not match the configuration at {}",
+                            lsn::format(change_lsn)
+                        ))
+                        .with_source(e))
+                    }
+                }
+                // Split a big Postgres transaction: commit what is queued, with a partial
+                // checkpoint that says how many of its changes are published.
+                if self.sink.records_in_transaction() >= self.settings.batch.split_events {
+                    self.commit(Some(Partial {
+                        final_lsn: cur.final_lsn,
+                        xid: cur.xid,
+                        next_index: cur.index,
+                    }))?;
+                }
+            }
+            PgOutput::Update { .. } | PgOutput::Delete { .. } | PgOutput::Truncate { .. } => {
+                // The publication should be insert-only; other changes are not events.
+            }
+            PgOutput::Type { .. } | PgOutput::Origin { .. } | PgOutput::Message { .. } => {}
+            PgOutput::Begin { .. } | PgOutput::Commit { .. } => {
+                return Err(Error::internal(
+                    "postgres: Begin/Commit arrived as raw data: the transport changed behaviour",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn send(
+        &mut self,
+        rec: Record,
+        pos: &Position,
+        event_id: Option<&str>,
+        key: Option<Bytes>,
+        value: Bytes,
+    ) -> Result<()> {
+        let size = record_size(&rec);
+        match self.sink.send(&rec) {
+            Ok(()) => {
+                self.opened();
+                self.txn_bytes += size;
+                self.status.events_published.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(SendError::Rejected { reason, detail }) => {
+                self.bad_row(reason, detail, pos, event_id, key, value)
+            }
+            Err(SendError::Session(e)) => Err(e),
+        }
+    }
+
+    /// A row that cannot be published: dead-letter it in the open transaction, or stop.
+    fn bad_row(
+        &mut self,
+        reason: &'static str,
+        detail: String,
+        pos: &Position,
+        event_id: Option<&str>,
+        key: Option<Bytes>,
+        value: Bytes,
+    ) -> Result<()> {
+        let id = event_id.unwrap_or("(unknown)");
+        match &self.settings.on_error {
+            OnError::Stop => Err(Error::new(
+                Kind::BadRow,
+                format!(
+                    "outbox row {id} at {} (xid {}) cannot be published: {reason}: {detail} (errors.on_error = \"stop\"; fix the row or the configuration, then start again: nothing past it was acknowledged)",
+                    lsn::format(pos.lsn),
+                    pos.xid
+                ),
+            )),
+            OnError::DeadLetter(topic) => {
+                tracing::warn!(
+                    event_id = id,
+                    pg_lsn = %lsn::format(pos.lsn),
+                    reason,
+                    "dead-lettering outbox row: {detail}"
+                );
+                let mut headers = vec![
+                    ("dlq_reason".into(), Bytes::from_static(reason.as_bytes())),
+                    ("dlq_detail".into(), Bytes::from(detail)),
+                    ("pg_lsn".into(), Bytes::from(lsn::format(pos.lsn))),
+                    ("pg_xid".into(), Bytes::from(pos.xid.to_string())),
+                ];
+                if let Some(id) = event_id {
+                    headers.push(("event_id".into(), Bytes::from(id.to_string())));
+                }
+                let rec = Record {
+                    topic: Arc::from(topic.as_str()),
+                    key,
+                    value,
+                    headers,
+                };
+                let size = record_size(&rec);
+                match self.sink.send(&rec) {
+                    Ok(()) => {
+                        self.opened();
+                        self.txn_bytes += size;
+                        self.status.events_dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(SendError::Rejected { reason: r2, detail: d2 }) => Err(Error::new(
+                        Kind::BadRow,
+                        format!(
+                            "outbox row {id} at {} could not be dead-lettered either ({r2}: {d2})",
+                            lsn::format(pos.lsn)
+                        ),
+                    )),
+                    Err(SendError::Session(e)) => Err(e),
+                }
+            }
+        }
+    }
+
+    fn opened(&mut self) {
+        if self.txn_opened_at.is_none() {
+            self.txn_opened_at = Some(Instant::now());
+        }
+    }
+
+    /// Produces the checkpoint, commits, and only then acknowledges.
+    fn commit(&mut self, partial: Option<Partial>) -> Result<()> {
+        let resume = self.pending_resume.max(self.resume_lsn);
+        let cp = Checkpoint {
+            resume_lsn: resume,
+            partial,
+        };
+        let events = self.sink.records_in_transaction();
+        let sink = &mut self.sink;
+        blocking(|| sink.commit(&cp))?;
+        self.resume_lsn = resume;
+        self.stream.ack(resume);
+        self.txn_opened_at = None;
+        self.txn_bytes = 0;
+        self.last_commit_at = Instant::now();
+        self.status.checkpoint_lsn.store(resume, Ordering::Relaxed);
+        self.status.kafka_commits.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(events, resume_lsn = %lsn::format(resume), partial = ?partial, "committed");
+        Ok(())
+    }
+}
+
+/// The partial checkpoint for a transaction interrupted after its `index`-th change.
+fn partial_of(cur: CurTxn) -> Option<Partial> {
+    if cur.skip_through == u64::MAX {
+        // Already published whole: its commit is before resume_lsn, a replay skips it.
+        return None;
+    }
+    Some(Partial {
+        final_lsn: cur.final_lsn,
+        xid: cur.xid,
+        next_index: cur.index.max(cur.skip_through),
+    })
+}
+
+fn record_size(rec: &Record) -> u64 {
+    let headers: usize = rec.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (rec.value.len() + rec.key.as_ref().map_or(0, |k| k.len()) + headers) as u64
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}

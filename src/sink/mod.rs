@@ -1,1 +1,506 @@
-//! sink (stub)
+//! The Kafka side: a transactional producer that publishes routed records and the checkpoint that
+//! covers them in one Kafka transaction.
+//!
+//! ```text
+//!  begin (lazily, on the first record) -> send record ... send record -> send checkpoint -> commit
+//!                                                                         |
+//!                          only after commit returned Ok may the relay acknowledge Postgres
+//! ```
+//!
+//! Every call here blocks (librdkafka's transactional API waits for the broker), so the relay calls
+//! them from `block_in_place`. Errors are sorted the way DESIGN.md section 4 says:
+//! retriable -> the same call is retried here; abortable, fatal and fenced -> the session ends
+//! ([`Kind::Transient`](crate::error::Kind)) and the relay starts a new one from the checkpoint with
+//! a new producer, whose `init_transactions` aborts whatever the old one left open.
+
+pub mod checkpoint;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientConfig;
+
+pub use checkpoint::{Checkpoint, Partial};
+
+use crate::error::{Error, Result};
+use crate::route::Record;
+
+/// What the sink needs to know, resolved from the configuration.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    /// librdkafka properties shared by producer and consumers (servers, security, passthrough).
+    /// Holds the SASL password: never log it.
+    pub client_props: Vec<(String, String)>,
+    /// Stable per slot, so a new instance fences the old one.
+    pub transactional_id: String,
+    /// Broker-side bound on an open transaction.
+    pub transaction_timeout: Duration,
+    /// Compacted one-partition topic holding checkpoints.
+    pub checkpoint_topic: String,
+    /// `<system id>/<database>/<slot>`.
+    pub checkpoint_key: String,
+    /// Create the checkpoint topic when it is missing.
+    pub create_checkpoint_topic: bool,
+    /// How long one blocking Kafka call may take before it counts as a failure of the session.
+    pub call_timeout: Duration,
+}
+
+/// First delivery failure seen by librdkafka's delivery callback since the transaction began.
+#[derive(Debug, Clone)]
+pub struct DeliveryFailure {
+    /// The record's topic.
+    pub topic: String,
+    /// The record's `event_id` header, when it had one.
+    pub event_id: Option<String>,
+    /// What the broker or client said.
+    pub error: String,
+    /// librdkafka's error code.
+    pub code: Option<RDKafkaErrorCode>,
+}
+
+/// Producer context: routes librdkafka's logs to tracing and keeps the first delivery failure.
+#[derive(Debug, Default)]
+pub struct SinkContext {
+    failure: Mutex<Option<DeliveryFailure>>,
+}
+
+impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        use rdkafka::message::Message;
+        if let Err((err, msg)) = result {
+            let event_id = msg.headers().and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "event_id")
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            });
+            let mut slot = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(DeliveryFailure {
+                    topic: msg.topic().to_string(),
+                    event_id,
+                    error: err.to_string(),
+                    code: err.rdkafka_error_code(),
+                });
+            }
+        }
+    }
+}
+
+/// Why a record could not be queued.
+#[derive(Debug)]
+pub enum SendError {
+    /// This record can never be published as it is (e.g. larger than the producer accepts):
+    /// a poison row, for the dead-letter path.
+    Rejected {
+        /// Short reason code.
+        reason: &'static str,
+        /// librdkafka's words.
+        detail: String,
+    },
+    /// The session must end (the transaction cannot go on).
+    Session(Error),
+}
+
+/// A transactional producer bound to one `transactional.id`.
+pub struct Sink {
+    producer: ThreadedProducer<SinkContext>,
+    context: Arc<SinkContext>,
+    settings: SinkSettings,
+    in_txn: bool,
+    records_in_txn: u64,
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("transactional_id", &self.settings.transactional_id)
+            .field("in_txn", &self.in_txn)
+            .finish()
+    }
+}
+
+/// Properties the relay owns on its producer (refused in `kafka.properties`).
+fn producer_config(settings: &SinkSettings) -> ClientConfig {
+    let mut cc = ClientConfig::new();
+    // Defaults first, so passthrough properties in `client_props` may tune them.
+    cc.set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "100000")
+        .set("queue.buffering.max.kbytes", "32768");
+    for (k, v) in &settings.client_props {
+        cc.set(k, v);
+    }
+    let timeout_ms = settings.transaction_timeout.as_millis().to_string();
+    cc.set("transactional.id", &settings.transactional_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("transaction.timeout.ms", &timeout_ms)
+        .set("message.timeout.ms", &timeout_ms);
+    cc
+}
+
+/// Sorts a transactional-call error for the caller: `Ok(())` means "retry the same call".
+fn classify(what: &str, e: KafkaError) -> std::result::Result<(), Error> {
+    if let KafkaError::Transaction(rde) = &e {
+        if rde.is_retriable() && !rde.is_fatal() && !rde.txn_requires_abort() {
+            return Ok(());
+        }
+        let fenced = matches!(
+            rde.code(),
+            RDKafkaErrorCode::Fenced
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        );
+        let msg = if fenced {
+            format!("kafka: {what}: this instance was fenced by another relay with the same transactional.id")
+        } else if rde.is_fatal() {
+            format!("kafka: {what}: fatal producer error")
+        } else {
+            format!("kafka: {what}: transaction must be aborted")
+        };
+        return Err(Error::transient(msg).with_source(e));
+    }
+    if matches!(e, KafkaError::Flush(_)) {
+        return Ok(());
+    }
+    Err(Error::transient(format!("kafka: {what}")).with_source(e))
+}
+
+impl Sink {
+    /// Creates the producer and runs `init_transactions`, which fences any older instance with
+    /// the same `transactional.id` and aborts what it left open. Blocks.
+    pub fn connect(settings: SinkSettings, deadline: Duration) -> Result<Self> {
+        let producer: ThreadedProducer<SinkContext> = producer_config(&settings)
+            .create_with_context(SinkContext::default())
+            .map_err(|e| {
+                Error::config(format!(
+                    "kafka: cannot create the producer for {}: {e}",
+                    servers(&settings)
+                ))
+            })?;
+        let context = producer.context().clone();
+        let started = Instant::now();
+        loop {
+            let left = deadline.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(Error::transient(format!(
+                    "kafka: init_transactions for transactional.id {:?} did not complete within {deadline:?} (brokers {})",
+                    settings.transactional_id,
+                    servers(&settings)
+                )));
+            }
+            match producer.init_transactions(left.min(settings.call_timeout)) {
+                Ok(()) => break,
+                Err(e) => {
+                    if let Some(err) = auth_error(&e, &settings) {
+                        return Err(err);
+                    }
+                    if let Err(err) = classify("init_transactions", e) {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            producer,
+            context,
+            settings,
+            in_txn: false,
+            records_in_txn: 0,
+        })
+    }
+
+    /// Makes sure the checkpoint topic exists (compacted, one partition), creating it when allowed.
+    pub fn ensure_checkpoint_topic(settings: &SinkSettings) -> Result<()> {
+        let topic = &settings.checkpoint_topic;
+        if topic_exists(settings, topic)? {
+            return Ok(());
+        }
+        if !settings.create_checkpoint_topic {
+            return Err(Error::config(format!(
+                "kafka: checkpoint topic {topic:?} does not exist and kafka.create_checkpoint_topic = false; create it (1 partition, cleanup.policy=compact) or allow the relay to"
+            )));
+        }
+        let mut cc = ClientConfig::new();
+        for (k, v) in &settings.client_props {
+            cc.set(k, v);
+        }
+        let admin: AdminClient<DefaultClientContext> = cc
+            .create()
+            .map_err(|e| Error::config(format!("kafka: cannot create an admin client: {e}")))?;
+        let new =
+            NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+        let opts = AdminOptions::new().operation_timeout(Some(settings.call_timeout));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::internal("tokio runtime for the admin client").with_source(e))?;
+        let results = rt
+            .block_on(admin.create_topics([&new], &opts))
+            .map_err(|e| {
+                Error::transient(format!("kafka: creating checkpoint topic {topic:?}"))
+                    .with_source(e)
+            })?;
+        for r in results {
+            match r {
+                Ok(_) => tracing::info!(topic, "created the checkpoint topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(Error::config(format!(
+                        "kafka: cannot create checkpoint topic {topic:?}: {code}"
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a Kafka transaction is open.
+    pub fn in_transaction(&self) -> bool {
+        self.in_txn
+    }
+
+    /// Records produced in the open transaction.
+    pub fn records_in_transaction(&self) -> u64 {
+        self.records_in_txn
+    }
+
+    fn begin(&mut self) -> std::result::Result<(), Error> {
+        if self.in_txn {
+            return Ok(());
+        }
+        if let Ok(mut f) = self.context.failure.lock() {
+            *f = None;
+        }
+        self.producer
+            .begin_transaction()
+            .map_err(|e| Error::transient("kafka: begin_transaction").with_source(e))?;
+        self.in_txn = true;
+        self.records_in_txn = 0;
+        Ok(())
+    }
+
+    /// Queues one record in the open transaction (opening one when needed).
+    pub fn send(&mut self, rec: &Record) -> std::result::Result<(), SendError> {
+        self.begin().map_err(SendError::Session)?;
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+        for (k, v) in &rec.headers {
+            headers = headers.insert(Header {
+                key: k.as_ref(),
+                value: Some(v.as_ref()),
+            });
+        }
+        let mut record = BaseRecord::to(&rec.topic)
+            .payload(rec.value.as_ref())
+            .headers(headers);
+        if let Some(key) = &rec.key {
+            record = record.key(key.as_ref());
+        }
+        let mut waited = Duration::ZERO;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => {
+                    self.records_in_txn += 1;
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    // Retry this record before any later one, or per-key order breaks.
+                    record = r;
+                    if waited > self.settings.call_timeout {
+                        return Err(SendError::Session(Error::transient(
+                            "kafka: the producer queue stayed full (brokers not accepting records)",
+                        )));
+                    }
+                    let pause = Duration::from_millis(2);
+                    sleep_blocking(pause);
+                    waited += pause;
+                }
+                Err((KafkaError::MessageProduction(code), _))
+                    if matches!(
+                        code,
+                        RDKafkaErrorCode::MessageSizeTooLarge
+                            | RDKafkaErrorCode::InvalidMessageSize
+                    ) =>
+                {
+                    return Err(SendError::Rejected {
+                        reason: "record_too_large",
+                        detail: code.to_string(),
+                    });
+                }
+                Err((e, _)) => {
+                    return Err(SendError::Session(
+                        Error::transient(format!("kafka: producing to {}", rec.topic))
+                            .with_source(e),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Produces the checkpoint and commits the open transaction (opening one for a
+    /// checkpoint-only commit). Returns only once the broker confirmed the commit.
+    pub fn commit(&mut self, cp: &Checkpoint) -> Result<()> {
+        self.begin()?;
+        let value = cp.encode();
+        let record = BaseRecord::<[u8], [u8]>::to(&self.settings.checkpoint_topic)
+            .partition(0)
+            .key(self.settings.checkpoint_key.as_bytes())
+            .payload(&value);
+        let mut record = record;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    sleep_blocking(Duration::from_millis(2));
+                }
+                Err((e, _)) => {
+                    return Err(Error::transient("kafka: producing the checkpoint").with_source(e))
+                }
+            }
+        }
+        let started = Instant::now();
+        loop {
+            match self.producer.commit_transaction(self.settings.call_timeout) {
+                Ok(()) => {
+                    self.in_txn = false;
+                    self.records_in_txn = 0;
+                    return Ok(());
+                }
+                Err(e) => {
+                    let failure = self.delivery_failure();
+                    match classify("commit_transaction", e) {
+                        Ok(()) if started.elapsed() < self.settings.transaction_timeout => {
+                            tracing::warn!("kafka: commit_transaction timed out; retrying");
+                        }
+                        Ok(()) => {
+                            return Err(Error::transient(
+                                "kafka: commit_transaction kept timing out past the transaction timeout",
+                            ))
+                        }
+                        Err(err) => {
+                            let err = match failure {
+                                Some(f) => Error::transient(format!(
+                                    "{} (first failed record: topic {:?}, event_id {}: {})",
+                                    err.message(),
+                                    f.topic,
+                                    f.event_id.as_deref().unwrap_or("-"),
+                                    f.error
+                                ))
+                                .with_source(err),
+                                None => err,
+                            };
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Aborts the open transaction, if any (best effort: the next `init_transactions` aborts it too).
+    pub fn abort(&mut self) {
+        if !self.in_txn {
+            return;
+        }
+        if let Err(e) = self.producer.abort_transaction(self.settings.call_timeout) {
+            tracing::warn!(error = %e, "kafka: abort_transaction failed; the next start aborts it");
+        }
+        self.in_txn = false;
+        self.records_in_txn = 0;
+    }
+
+    /// The first delivery failure of the open transaction, if one happened.
+    pub fn delivery_failure(&self) -> Option<DeliveryFailure> {
+        self.context.failure.lock().ok().and_then(|f| f.clone())
+    }
+}
+
+/// Sleeps without stalling the async executor when called from one.
+fn sleep_blocking(d: Duration) {
+    std::thread::sleep(d);
+}
+
+fn servers(settings: &SinkSettings) -> String {
+    settings
+        .client_props
+        .iter()
+        .find(|(k, _)| k == "bootstrap.servers")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// Turns an authentication failure into a configuration error (no retry storm on a wrong password).
+fn auth_error(e: &KafkaError, settings: &SinkSettings) -> Option<Error> {
+    let code = e.rdkafka_error_code()?;
+    if matches!(
+        code,
+        RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+    ) {
+        return Some(Error::config(format!(
+            "kafka: {code} at {} (check kafka.sasl_username / kafka.sasl_password and the ACLs for transactional.id {:?})",
+            servers(settings),
+            settings.transactional_id
+        )));
+    }
+    None
+}
+
+/// Whether `topic` exists, from cluster metadata.
+pub fn topic_exists(settings: &SinkSettings, topic: &str) -> Result<bool> {
+    let mut cc = ClientConfig::new();
+    for (k, v) in &settings.client_props {
+        cc.set(k, v);
+    }
+    let producer: rdkafka::producer::BaseProducer = cc
+        .create()
+        .map_err(|e| Error::config(format!("kafka: cannot create a metadata client: {e}")))?;
+    let md = producer
+        .client()
+        .fetch_metadata(Some(topic), settings.call_timeout)
+        .map_err(|e| {
+            Error::transient(format!(
+                "kafka: brokers {} unreachable (metadata request)",
+                servers(settings)
+            ))
+            .with_source(e)
+        })?;
+    Ok(md
+        .topics()
+        .iter()
+        .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+}

@@ -1,0 +1,203 @@
+//! The checkpoint: how far Postgres' stream has been published, stored in Kafka itself.
+//!
+//! It lives in a compacted, one-partition topic, keyed by the Postgres system identifier, the
+//! database and the slot (two clusters may both have a slot called `outbox_relay`), and is produced
+//! inside the same Kafka transaction as the events it covers, so the events and the position they
+//! reach become visible together or not at all (the approach of Kafka Connect's KIP-618).
+//!
+//! `resume_lsn` is the *end LSN* of the last Postgres transaction fully published; `partial`
+//! describes a Postgres transaction split over several Kafka transactions (DESIGN.md section 4).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::source::lsn;
+
+/// Where publishing stands, as stored in the checkpoint topic.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Checkpoint {
+    /// End LSN of the last Postgres transaction fully published.
+    pub resume_lsn: u64,
+    /// A Postgres transaction published in part (split), if any.
+    pub partial: Option<Partial>,
+}
+
+/// A Postgres transaction of which only the first `next_index` changes are published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partial {
+    /// The transaction's commit LSN (from its Begin message).
+    pub final_lsn: u64,
+    /// The transaction's id.
+    pub xid: u32,
+    /// How many of its outbox changes are already published (an ordinal, not an LSN).
+    pub next_index: u64,
+}
+
+/// The JSON form on the topic: LSNs in Postgres' `X/Y` text so operators can read them.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    version: u32,
+    resume_lsn: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    partial: Option<WirePartial>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    written_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WirePartial {
+    final_lsn: String,
+    xid: u32,
+    next_index: u64,
+}
+
+impl Checkpoint {
+    /// JSON bytes for the checkpoint topic.
+    pub fn encode(&self) -> Vec<u8> {
+        let wire = Wire {
+            version: 1,
+            resume_lsn: lsn::format(self.resume_lsn),
+            partial: self.partial.map(|p| WirePartial {
+                final_lsn: lsn::format(p.final_lsn),
+                xid: p.xid,
+                next_index: p.next_index,
+            }),
+            written_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_millis() as u64),
+        };
+        // Serializing plain strings and integers cannot fail.
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// Parses a checkpoint record's value.
+    pub fn decode(bytes: &[u8]) -> std::result::Result<Self, String> {
+        let wire: Wire = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if wire.version != 1 {
+            return Err(format!("unsupported checkpoint version {}", wire.version));
+        }
+        let partial = match wire.partial {
+            None => None,
+            Some(p) => Some(Partial {
+                final_lsn: lsn::parse(&p.final_lsn)
+                    .ok_or_else(|| format!("bad partial.final_lsn {:?}", p.final_lsn))?,
+                xid: p.xid,
+                next_index: p.next_index,
+            }),
+        };
+        Ok(Self {
+            resume_lsn: lsn::parse(&wire.resume_lsn)
+                .ok_or_else(|| format!("bad resume_lsn {:?}", wire.resume_lsn))?,
+            partial,
+        })
+    }
+}
+
+/// Reads the newest committed checkpoint for `key` from partition 0 of `topic`, to the end,
+/// with a `read_committed` consumer. Call it after `init_transactions`: from then on nobody
+/// else can write our key, and our own earlier open transaction has been aborted.
+pub fn read(
+    client_props: &[(String, String)],
+    topic: &str,
+    key: &str,
+    deadline: Duration,
+) -> Result<Option<Checkpoint>> {
+    let mut cc = ClientConfig::new();
+    for (k, v) in client_props {
+        cc.set(k, v);
+    }
+    cc.set("group.id", format!("outbox-relay-checkpoint-reader.{key}"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest");
+    let consumer: BaseConsumer = cc.create().map_err(|e| {
+        Error::config(format!("kafka: cannot create the checkpoint reader: {e}")).with_source(e)
+    })?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .map_err(|e| Error::internal("kafka: checkpoint partition list").with_source(e))?;
+    consumer.assign(&tpl).map_err(|e| {
+        Error::transient("kafka: cannot assign the checkpoint topic").with_source(e)
+    })?;
+
+    let started = Instant::now();
+    let mut latest: Option<Checkpoint> = None;
+    loop {
+        if started.elapsed() > deadline {
+            return Err(Error::transient(format!(
+                "kafka: reading checkpoint topic {topic:?} did not reach its end within {deadline:?}"
+            )));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(latest),
+            Some(Err(e)) => {
+                if matches!(
+                    e.rdkafka_error_code(),
+                    Some(RDKafkaErrorCode::UnknownTopicOrPartition)
+                        | Some(RDKafkaErrorCode::UnknownTopic)
+                ) {
+                    return Err(Error::config(format!(
+                        "kafka: checkpoint topic {topic:?} does not exist (kafka.checkpoint_topic)"
+                    )));
+                }
+                return Err(
+                    Error::transient(format!("kafka: reading checkpoint topic {topic:?}"))
+                        .with_source(e),
+                );
+            }
+            Some(Ok(msg)) => {
+                if msg.key() != Some(key.as_bytes()) {
+                    continue;
+                }
+                match msg.payload() {
+                    // A tombstone resets the position (an operator's deliberate reset).
+                    None => latest = None,
+                    Some(value) => {
+                        let cp = Checkpoint::decode(value).map_err(|why| {
+                            Error::invariant(format!(
+                                "kafka: checkpoint record at {topic}/0@{} for key {key:?} is unreadable: {why}",
+                                msg.offset()
+                            ))
+                        })?;
+                        latest = Some(cp);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let cp = Checkpoint {
+            resume_lsn: 0x16_B374_D848,
+            partial: Some(Partial {
+                final_lsn: 0x17_0000_0010,
+                xid: 771,
+                next_index: 10_000,
+            }),
+        };
+        let bytes = cp.encode();
+        let text = String::from_utf8(bytes.clone()).expect("utf8");
+        assert!(text.contains("\"resume_lsn\":\"16/B374D848\""), "{text}");
+        assert_eq!(Checkpoint::decode(&bytes), Ok(cp));
+        assert!(Checkpoint::decode(b"{\"version\":2,\"resume_lsn\":\"0/0\"}").is_err());
+        assert!(Checkpoint::decode(b"nope").is_err());
+    }
+}

@@ -1,0 +1,297 @@
+//! The SQL connection beside the replication stream: checks that fail early with a message that
+//! names the cause and the fix (wal_level, publication, table columns, slot), slot creation, and
+//! the slot's `confirmed_flush_lsn` for the start-up invariant.
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+use super::{lsn, SourceSettings};
+use crate::error::{Error, Kind, Result};
+
+/// The slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotInfo {
+    /// Output plugin (must be pgoutput).
+    pub plugin: Option<String>,
+    /// Database the slot decodes.
+    pub database: Option<String>,
+    /// Position up to which the consumer confirmed.
+    pub confirmed_flush_lsn: Option<u64>,
+    /// Oldest WAL the slot retains.
+    pub restart_lsn: Option<u64>,
+    /// reserved, extended, unreserved or lost.
+    pub wal_status: Option<String>,
+    /// Whether a session streams from it.
+    pub active: bool,
+    /// That session's backend pid.
+    pub active_pid: Option<i32>,
+}
+
+/// A plain SQL session.
+pub struct Control {
+    client: Client,
+    settings: SourceSettings,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").finish_non_exhaustive()
+    }
+}
+
+/// Sorts a tokio-postgres error by what the caller must do.
+pub fn map_sql_error(s: &SourceSettings, what: &str, e: tokio_postgres::Error) -> Error {
+    let at = s.address();
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        {
+            return Error::config(format!(
+                "postgres {at}: authentication failed for user {:?} (check postgres.password / postgres.password_file)",
+                s.user
+            ))
+            .with_source(e);
+        }
+        if *code == SqlState::INVALID_CATALOG_NAME {
+            return Error::config(format!(
+                "postgres {at}: database {:?} does not exist (postgres.dbname)",
+                s.dbname
+            ))
+            .with_source(e);
+        }
+        if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+            return Error::config(format!(
+                "postgres {at}: {what}: permission denied for user {:?} (apply sql/003_relay_role.sql)",
+                s.user
+            ))
+            .with_source(e);
+        }
+        return Error::transient(format!("postgres {at}: {what}: {}", db.message())).with_source(e);
+    }
+    Error::transient(format!("postgres {at}: {what}")).with_source(e)
+}
+
+impl Control {
+    /// Connects with the relay's role.
+    pub async fn connect(s: &SourceSettings) -> Result<Self> {
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&s.host)
+            .port(s.port)
+            .dbname(&s.dbname)
+            .user(&s.user)
+            .password(s.password.as_bytes())
+            .application_name("outbox-relay")
+            .connect_timeout(s.connect_timeout);
+        let ssl = match s.sslmode.as_str() {
+            "disable" => tokio_postgres::config::SslMode::Disable,
+            "prefer" => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        };
+        cfg.ssl_mode(ssl);
+        let client = if matches!(s.sslmode.as_str(), "disable" | "prefer") {
+            let (client, conn) = cfg
+                .connect(NoTls)
+                .await
+                .map_err(|e| map_sql_error(s, "connecting", e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "postgres control connection closed");
+                }
+            });
+            client
+        } else {
+            let tls = tls::connector(s)?;
+            let (client, conn) = cfg
+                .connect(tls)
+                .await
+                .map_err(|e| map_sql_error(s, "connecting over TLS", e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "postgres control connection closed");
+                }
+            });
+            client
+        };
+        Ok(Self {
+            client,
+            settings: s.clone(),
+        })
+    }
+
+    fn err(&self, what: &str, e: tokio_postgres::Error) -> Error {
+        map_sql_error(&self.settings, what, e)
+    }
+
+    /// Every check that does not need the slot: wal_level, publication, table and columns.
+    pub async fn check_server(&self) -> Result<()> {
+        let s = &self.settings;
+        let at = s.address();
+        let row = self
+            .client
+            .query_one("SHOW wal_level", &[])
+            .await
+            .map_err(|e| self.err("SHOW wal_level", e))?;
+        let wal_level: String = row.get(0);
+        if wal_level != "logical" {
+            return Err(Error::config(format!(
+                "postgres {at}: wal_level is {wal_level:?}, logical replication needs \"logical\" (set wal_level = logical in postgresql.conf and restart Postgres)"
+            )));
+        }
+        let pub_row = self
+            .client
+            .query_opt(
+                "SELECT pubinsert FROM pg_publication WHERE pubname = $1",
+                &[&s.publication],
+            )
+            .await
+            .map_err(|e| self.err("reading pg_publication", e))?;
+        let Some(pub_row) = pub_row else {
+            return Err(Error::config(format!(
+                "postgres {at}: publication {:?} does not exist in database {:?} (postgres.publication; apply sql/002_publication.sql)",
+                s.publication, s.dbname
+            )));
+        };
+        let pubinsert: bool = pub_row.get(0);
+        if !pubinsert {
+            return Err(Error::config(format!(
+                "postgres {at}: publication {:?} does not publish inserts (create it WITH (publish = 'insert'))",
+                s.publication
+            )));
+        }
+        let in_pub = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                &[&s.publication, &s.table_schema, &s.table_name],
+            )
+            .await
+            .map_err(|e| self.err("reading pg_publication_tables", e))?;
+        if in_pub.is_none() {
+            return Err(Error::config(format!(
+                "postgres {at}: table {}.{} is not in publication {:?} (outbox.table; ALTER PUBLICATION {} ADD TABLE {}.{})",
+                s.table_schema, s.table_name, s.publication, s.publication, s.table_schema, s.table_name
+            )));
+        }
+        let rows = self
+            .client
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&s.table_schema, &s.table_name],
+            )
+            .await
+            .map_err(|e| self.err("reading the outbox columns", e))?;
+        let present: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        for (key, column) in &s.required_columns {
+            if !present.iter().any(|c| c == column) {
+                return Err(Error::config(format!(
+                    "postgres {at}: table {}.{} has no column {column:?} ({key}); its columns are: {}",
+                    s.table_schema,
+                    s.table_name,
+                    present.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The slot, if it exists.
+    pub async fn slot(&self) -> Result<Option<SlotInfo>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT plugin::text, database::text, confirmed_flush_lsn::text, restart_lsn::text, \
+                 wal_status, active, active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.settings.slot],
+            )
+            .await
+            .map_err(|e| self.err("reading pg_replication_slots", e))?;
+        Ok(row.map(|r| SlotInfo {
+            plugin: r.get(0),
+            database: r.get(1),
+            confirmed_flush_lsn: r.get::<_, Option<String>>(2).and_then(|t| lsn::parse(&t)),
+            restart_lsn: r.get::<_, Option<String>>(3).and_then(|t| lsn::parse(&t)),
+            wal_status: r.get(4),
+            active: r.get(5),
+            active_pid: r.get(6),
+        }))
+    }
+
+    /// Makes sure the slot exists and suits us (pgoutput, our database, not invalidated),
+    /// creating it when `postgres.create_slot` allows.
+    pub async fn ensure_slot(&self) -> Result<SlotInfo> {
+        let s = &self.settings;
+        let at = s.address();
+        let info = match self.slot().await? {
+            Some(info) => info,
+            None if s.create_slot => {
+                let created = self
+                    .client
+                    .query_one(
+                        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                        &[&s.slot],
+                    )
+                    .await;
+                match created {
+                    Ok(row) => {
+                        let at_lsn: String = row.get(0);
+                        tracing::info!(slot = %s.slot, lsn = %at_lsn, "created the replication slot");
+                    }
+                    // Two instances starting together: the other one created it first.
+                    Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
+                    Err(e) => return Err(self.err("creating the replication slot", e)),
+                }
+                self.slot().await?.ok_or_else(|| {
+                    Error::transient(format!("postgres {at}: slot {:?} vanished after creation", s.slot))
+                })?
+            }
+            None => {
+                return Err(Error::config(format!(
+                    "postgres {at}: replication slot {:?} does not exist and postgres.create_slot = false (create it: SELECT pg_create_logical_replication_slot('{}', 'pgoutput'))",
+                    s.slot, s.slot
+                )))
+            }
+        };
+        if info.plugin.as_deref() != Some("pgoutput") {
+            return Err(Error::config(format!(
+                "postgres {at}: slot {:?} uses plugin {:?}, the relay needs a pgoutput slot (postgres.slot)",
+                s.slot,
+                info.plugin.as_deref().unwrap_or("none (physical slot)")
+            )));
+        }
+        if info.database.as_deref() != Some(s.dbname.as_str()) {
+            return Err(Error::config(format!(
+                "postgres {at}: slot {:?} belongs to database {:?}, not {:?} (postgres.slot / postgres.dbname)",
+                s.slot,
+                info.database.as_deref().unwrap_or("?"),
+                s.dbname
+            )));
+        }
+        if info.wal_status.as_deref() == Some("lost") {
+            return Err(Error::new(
+                Kind::Invariant,
+                format!(
+                    "postgres {at}: slot {:?} is invalidated (wal_status = lost: the WAL it needed was removed, e.g. by max_slot_wal_keep_size); events written meanwhile may be lost. See the README, \"Recovering from an invalidated slot\"",
+                    s.slot
+                ),
+            ));
+        }
+        Ok(info)
+    }
+}
+
+/// TLS for the SQL connection (require, verify-ca, verify-full).
+mod tls {
+    use super::SourceSettings;
+    use crate::error::{Error, Result};
+
+    /// Until TLS for the SQL side is wired, refuse clearly rather than connect in plain text.
+    pub fn connector(s: &SourceSettings) -> Result<tokio_postgres::NoTls> {
+        Err(Error::config(format!(
+            "postgres.sslmode = {:?} is not supported yet by this build (use disable or prefer)",
+            s.sslmode
+        )))
+    }
+}
