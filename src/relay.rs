@@ -660,3 +660,163 @@ async fn sleep_until(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+impl RelaySettings {
+    /// Resolves the relay's settings from a validated configuration.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        let (table_schema, table_name) = cfg.table();
+        let c = &cfg.outbox.columns;
+        let mut required = vec![
+            ("outbox.columns.id".to_string(), c.id.clone()),
+            (
+                "outbox.columns.aggregate_type".to_string(),
+                c.aggregate_type.clone(),
+            ),
+            (
+                "outbox.columns.aggregate_id".to_string(),
+                c.aggregate_id.clone(),
+            ),
+            (
+                "outbox.columns.event_type".to_string(),
+                c.event_type.clone(),
+            ),
+            ("outbox.columns.payload".to_string(), c.payload.clone()),
+        ];
+        if let Some(h) = c.headers() {
+            required.push(("outbox.columns.headers".to_string(), h.to_string()));
+        }
+        if let Some(h) = c.created_at() {
+            required.push(("outbox.columns.created_at".to_string(), h.to_string()));
+        }
+        let columns = ColumnMap {
+            id: c.id.clone(),
+            aggregate_type: c.aggregate_type.clone(),
+            aggregate_id: c.aggregate_id.clone(),
+            event_type: c.event_type.clone(),
+            payload: c.payload.clone(),
+            headers: c.headers().map(str::to_string),
+            created_at: c.created_at().map(str::to_string),
+        };
+        let pg = &cfg.postgres;
+        RelaySettings {
+            source: SourceSettings {
+                host: pg.host.clone(),
+                port: pg.port,
+                dbname: pg.dbname.clone(),
+                user: pg.user.clone(),
+                password: pg.password.expose().to_string(),
+                sslmode: pg.sslmode.as_str().to_string(),
+                sslrootcert: pg.sslrootcert.clone(),
+                slot: pg.slot.clone(),
+                publication: pg.publication.clone(),
+                create_slot: pg.create_slot,
+                table_schema,
+                table_name,
+                required_columns: required,
+                status_interval: pg.status_interval(),
+                connect_timeout: pg.connect_timeout(),
+            },
+            sink: SinkSettings {
+                client_props: cfg.kafka.rdkafka_client_properties(),
+                transactional_id: cfg.transactional_id(),
+                transaction_timeout: cfg.kafka.transaction_timeout(),
+                checkpoint_topic: cfg.kafka.checkpoint_topic.clone(),
+                checkpoint_key: String::new(),
+                create_checkpoint_topic: cfg.kafka.create_checkpoint_topic,
+                call_timeout: Duration::from_secs(30).min(cfg.kafka.transaction_timeout()),
+            },
+            router: RouterSettings {
+                topic_template: cfg.routing.topic_template.clone(),
+                topics: cfg
+                    .routing
+                    .topics
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                strict: cfg.routing.strict,
+            },
+            columns,
+            batch: BatchSettings {
+                max_events: cfg.batch.max_events as u64,
+                max_bytes: cfg.batch.max_bytes as u64,
+                max_delay: cfg.batch.max_delay(),
+                split_events: cfg.batch.split_events as u64,
+                idle_checkpoint: Duration::from_secs(1),
+            },
+            on_error: match cfg.errors.on_error {
+                crate::config::OnError::DeadLetter => {
+                    OnError::DeadLetter(cfg.errors.dead_letter_topic.clone())
+                }
+                crate::config::OnError::Stop => OnError::Stop,
+            },
+            retry: RetrySettings {
+                initial_backoff: cfg.retry.initial_backoff(),
+                max_backoff: cfg.retry.max_backoff(),
+                max_elapsed: cfg.retry.max_elapsed(),
+            },
+        }
+    }
+}
+
+/// `validate --connect`: every check the relay makes at start-up that changes nothing, and the
+/// slot's state. Creates nothing (a missing slot is reported, not created).
+pub async fn check_servers(settings: &RelaySettings) -> Result<Vec<String>> {
+    let src = &settings.source;
+    let mut report = Vec::new();
+    let control = Control::connect(src).await?;
+    control.check_server().await?;
+    report.push(format!(
+        "postgres {}: wal_level logical, publication {:?} covers {}.{}, columns present",
+        src.address(),
+        src.publication,
+        src.table_schema,
+        src.table_name
+    ));
+    match control.slot().await? {
+        Some(slot) => report.push(format!(
+            "postgres: slot {:?} exists (confirmed_flush_lsn {}, wal_status {}, active {})",
+            src.slot,
+            slot.confirmed_flush_lsn
+                .map(lsn::format)
+                .unwrap_or_else(|| "-".into()),
+            slot.wal_status.as_deref().unwrap_or("-"),
+            slot.active
+        )),
+        None if src.create_slot => report.push(format!(
+            "postgres: slot {:?} does not exist yet; the relay will create it",
+            src.slot
+        )),
+        None => return Err(Error::config(format!(
+            "postgres {}: replication slot {:?} does not exist and postgres.create_slot = false",
+            src.address(),
+            src.slot
+        ))),
+    }
+    let sink = settings.sink.clone();
+    let exists = blocking(|| sink::topic_exists(&sink, &sink.checkpoint_topic))?;
+    if exists {
+        report.push(format!(
+            "kafka: checkpoint topic {:?} exists",
+            sink.checkpoint_topic
+        ));
+    } else if sink.create_checkpoint_topic {
+        report.push(format!(
+            "kafka: checkpoint topic {:?} does not exist yet; the relay will create it",
+            sink.checkpoint_topic
+        ));
+    } else {
+        return Err(Error::config(format!(
+            "kafka: checkpoint topic {:?} does not exist and kafka.create_checkpoint_topic = false",
+            sink.checkpoint_topic
+        )));
+    }
+    if let OnError::DeadLetter(topic) = &settings.on_error {
+        let exists = blocking(|| sink::topic_exists(&sink, topic))?;
+        if !exists {
+            report.push(format!(
+                "kafka: warning: dead-letter topic {topic:?} does not exist (errors.dead_letter_topic)"
+            ));
+        }
+    }
+    Ok(report)
+}
