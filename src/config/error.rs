@@ -148,7 +148,9 @@ pub(crate) fn from_config_crate(
         };
     }
     let (key, mut message) = describe(err);
-    let message_is_echo = message.starts_with("invalid type: ")
+    // serde's own wording (from a `Message`), as opposed to ours from a `Type` error ("invalid type: found").
+    let message_is_echo = (message.starts_with("invalid type: ")
+        && !message.starts_with("invalid type: found "))
         || message.starts_with("invalid value: ")
         || message.starts_with("invalid length ");
     if is_sensitive(&key) && message_is_echo {

@@ -34,6 +34,54 @@ pub use secret::Secret;
 /// Prefix of the environment variables that override the file (`OUTBOX_RELAY__BATCH__MAX_EVENTS`).
 pub const ENV_PREFIX: &str = "OUTBOX_RELAY";
 
+/// An enum read from a string, with `as_str`, `VALUES`, `Default`, and an error for an unknown value that
+/// lists the valid ones (the `config` crate's own enum support only says "enum X does not have variant
+/// constructor y").
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident, default $default:ident {
+        $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+        #[serde(try_from = "String")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every valid spelling, in declaration order.
+            pub const VALUES: &'static [&'static str] = &[$($text),+];
+
+            /// The spelling in the config file (libpq's or librdkafka's where the value is theirs).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::$default
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+
+            fn try_from(value: String) -> Result<Self, String> {
+                match value.as_str() {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err(format!(
+                        "unknown value {value:?}; valid values: {}",
+                        Self::VALUES.join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
 /// The whole configuration; one section per table of the file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -138,33 +186,19 @@ impl PostgresConfig {
     }
 }
 
-/// `postgres.sslmode`, with libpq's meanings.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    /// No TLS.
-    Disable,
-    /// TLS when the server offers it, unverified.
-    #[default]
-    Prefer,
-    /// TLS, certificate not verified (verified against `sslrootcert` if given).
-    Require,
-    /// TLS, certificate verified against `sslrootcert`.
-    VerifyCa,
-    /// TLS, certificate and host name verified against `sslrootcert`.
-    VerifyFull,
-}
-
-impl SslMode {
-    /// The libpq spelling (`verify-full`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Disable => "disable",
-            Self::Prefer => "prefer",
-            Self::Require => "require",
-            Self::VerifyCa => "verify-ca",
-            Self::VerifyFull => "verify-full",
-        }
+string_enum! {
+    /// `postgres.sslmode`, with libpq's meanings.
+    SslMode, default Prefer {
+        /// No TLS.
+        Disable = "disable",
+        /// TLS when the server offers it, unverified.
+        Prefer = "prefer",
+        /// TLS, certificate not verified (verified against `sslrootcert` if given).
+        Require = "require",
+        /// TLS, certificate verified against `sslrootcert`.
+        VerifyCa = "verify-ca",
+        /// TLS, certificate and host name verified against `sslrootcert`.
+        VerifyFull = "verify-full",
     }
 }
 
@@ -332,32 +366,21 @@ impl KafkaConfig {
     }
 }
 
-/// `kafka.security_protocol`, as librdkafka's `security.protocol`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SecurityProtocol {
-    /// No TLS, no authentication.
-    #[default]
-    Plaintext,
-    /// TLS.
-    Ssl,
-    /// SASL authentication without TLS.
-    SaslPlaintext,
-    /// SASL authentication over TLS.
-    SaslSsl,
+string_enum! {
+    /// `kafka.security_protocol`, as librdkafka's `security.protocol`.
+    SecurityProtocol, default Plaintext {
+        /// No TLS, no authentication.
+        Plaintext = "plaintext",
+        /// TLS.
+        Ssl = "ssl",
+        /// SASL authentication without TLS.
+        SaslPlaintext = "sasl_plaintext",
+        /// SASL authentication over TLS.
+        SaslSsl = "sasl_ssl",
+    }
 }
 
 impl SecurityProtocol {
-    /// librdkafka's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Plaintext => "plaintext",
-            Self::Ssl => "ssl",
-            Self::SaslPlaintext => "sasl_plaintext",
-            Self::SaslSsl => "sasl_ssl",
-        }
-    }
-
     /// True for `sasl_plaintext` and `sasl_ssl`.
     pub fn is_sasl(self) -> bool {
         matches!(self, Self::SaslPlaintext | Self::SaslSsl)
@@ -369,29 +392,15 @@ impl SecurityProtocol {
     }
 }
 
-/// `kafka.sasl_mechanism`, as librdkafka's `sasl.mechanism`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub enum SaslMechanism {
-    /// `PLAIN`: the password travels as is (use with `sasl_ssl`).
-    #[serde(rename = "PLAIN")]
-    Plain,
-    /// `SCRAM-SHA-256`.
-    #[serde(rename = "SCRAM-SHA-256")]
-    ScramSha256,
-    /// `SCRAM-SHA-512`.
-    #[default]
-    #[serde(rename = "SCRAM-SHA-512")]
-    ScramSha512,
-}
-
-impl SaslMechanism {
-    /// librdkafka's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Plain => "PLAIN",
-            Self::ScramSha256 => "SCRAM-SHA-256",
-            Self::ScramSha512 => "SCRAM-SHA-512",
-        }
+string_enum! {
+    /// `kafka.sasl_mechanism`, as librdkafka's `sasl.mechanism`.
+    SaslMechanism, default ScramSha512 {
+        /// `PLAIN`: the password travels as is (use with `sasl_ssl`).
+        Plain = "PLAIN",
+        /// `SCRAM-SHA-256`.
+        ScramSha256 = "SCRAM-SHA-256",
+        /// `SCRAM-SHA-512`.
+        ScramSha512 = "SCRAM-SHA-512",
     }
 }
 
@@ -439,15 +448,14 @@ impl Default for ErrorsConfig {
     }
 }
 
-/// `errors.on_error`
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnError {
-    /// Publish the row to the dead-letter topic, with the reason in headers, and go on.
-    #[default]
-    DeadLetter,
-    /// Stop the relay (nothing after the row is published until it is fixed).
-    Stop,
+string_enum! {
+    /// `errors.on_error`
+    OnError, default DeadLetter {
+        /// Publish the row to the dead-letter topic, with the reason in headers, and go on.
+        DeadLetter = "dead_letter",
+        /// Stop the relay (nothing after the row is published until it is fixed).
+        Stop = "stop",
+    }
 }
 
 /// `[batch]`
@@ -588,15 +596,14 @@ impl Default for LogConfig {
     }
 }
 
-/// `log.format`
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
+string_enum! {
+    /// `log.format`
+    LogFormat, default Text {
+        /// Human-readable lines.
+        Text = "text",
+        /// One JSON object per line.
+        Json = "json",
+    }
 }
 
 impl Config {

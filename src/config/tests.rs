@@ -129,6 +129,10 @@ fn wrong_type_names_the_key_and_hides_secrets() {
     let (err, text) = load_err("[postgres]\npassword = [\"hunter2\"]\n", &[]);
     assert_eq!(err.key(), Some("postgres.password"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        text.ends_with("postgres.password: invalid type: found sequence, expected a string"),
+        "{text}"
+    );
 
     let (err, text) = load_err("[postgres]\npassword = { value = \"hunter2\" }\n", &[]);
     assert_eq!(err.key(), Some("postgres.password"), "{text}");
