@@ -3,7 +3,7 @@
 //! 0 clean stop, 78 configuration error (do not restart), 69 a server unavailable past the retry
 //! budget, 70 a broken invariant, 65 a bad row with `errors.on_error = "stop"`, 1 anything else.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &Path) -> Result<Config, ExitCode> {
     match Config::load(path) {
         Ok(loaded) => {
             for w in &loaded.warnings {

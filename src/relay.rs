@@ -427,15 +427,27 @@ impl Pipeline<'_> {
     }
 
     fn change(&mut self, change_lsn: u64, data: Bytes) -> Result<()> {
+        // Retrying would re-read the same bytes: an undecodable message stops the relay.
         let msg = decode::decode(data).map_err(|e| {
-            Error::transient(format!(
+            Error::internal(format!(
                 "postgres: undecodable pgoutput message at {}",
                 lsn::format(change_lsn)
             ))
             .with_source(e)
         })?;
         match msg {
-            PgOutput::Relation(rel) => self.decoder.relation(rel),
+            PgOutput::Relation(rel) => {
+                let id = rel.id;
+                self.decoder.relation(rel);
+                // A wrong table or a missing mapped column stops here, before any of its rows.
+                self.decoder.check_relation(id).map_err(|e| {
+                    Error::config(format!(
+                        "postgres: the outbox stream does not match the configuration at {}",
+                        lsn::format(change_lsn)
+                    ))
+                    .with_source(e)
+                })?;
+            }
             PgOutput::Insert { relation_id, tuple } => {
                 let Some(cur) = self.cur.as_mut() else {
                     return Err(Error::transient(
@@ -786,11 +798,13 @@ pub async fn check_servers(settings: &RelaySettings) -> Result<Vec<String>> {
             "postgres: slot {:?} does not exist yet; the relay will create it",
             src.slot
         )),
-        None => return Err(Error::config(format!(
+        None => {
+            return Err(Error::config(format!(
             "postgres {}: replication slot {:?} does not exist and postgres.create_slot = false",
             src.address(),
             src.slot
-        ))),
+        )))
+        }
     }
     let sink = settings.sink.clone();
     let exists = blocking(|| sink::topic_exists(&sink, &sink.checkpoint_topic))?;

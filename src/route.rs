@@ -351,28 +351,28 @@ mod tests {
         assert_eq!(
             router(true)
                 .route(row("booking", None), &POS)
-                .unwrap_err()
+                .expect_err("must fail")
                 .reason,
             "unroutable"
         );
         assert_eq!(
             router(false)
                 .route(row("has space", None), &POS)
-                .unwrap_err()
+                .expect_err("must fail")
                 .reason,
             "invalid_topic"
         );
         assert_eq!(
             router(false)
                 .route(row("booking", Some("[1]")), &POS)
-                .unwrap_err()
+                .expect_err("must fail")
                 .reason,
             "headers_not_object"
         );
         assert_eq!(
             router(false)
                 .route(row("booking", Some(r#"{"event_id":"x"}"#)), &POS)
-                .unwrap_err()
+                .expect_err("must fail")
                 .reason,
             "reserved_header"
         );
@@ -380,7 +380,10 @@ mod tests {
         let mut bad = row("booking", None);
         bad.payload = Bytes::from_static(b"{nope");
         bad.payload_type_oid = 25; // text
-        assert_eq!(r.route(bad, &POS).unwrap_err().reason, "payload_not_json");
+        assert_eq!(
+            r.route(bad, &POS).expect_err("must fail").reason,
+            "payload_not_json"
+        );
     }
 
     #[test]

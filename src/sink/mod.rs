@@ -226,9 +226,7 @@ impl Sink {
                     if let Some(err) = auth_error(&e, &settings) {
                         return Err(err);
                     }
-                    if let Err(err) = classify("init_transactions", e) {
-                        return Err(err);
-                    }
+                    classify("init_transactions", e)?;
                 }
             }
         }

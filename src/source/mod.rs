@@ -177,7 +177,9 @@ impl Stream {
         .with_status_interval(s.status_interval)
         .with_wakeup_interval(Duration::from_secs(5))
         .with_buffer_size(8192)
-        .with_application_name("outbox-relay");
+        .with_application_name("outbox-relay")
+        // Fixed text forms for timestamps (created_at), whatever the server's defaults.
+        .with_options("-c DateStyle=ISO -c TimeZone=UTC");
         let opening = async {
             let mut client = ReplicationClient::connect_gated(cfg)
                 .await
@@ -290,9 +292,11 @@ pub fn map_pg_error(s: &SourceSettings, what: &str, e: PgWireError) -> Error {
         PgWireError::Server(msg) => {
             if msg.contains("55006") {
                 Kind::Standby
-            } else if msg.contains("28P01") || msg.contains("28000") {
-                Kind::Config
-            } else if msg.contains("42704") || msg.contains("3D000") || msg.contains("42501") {
+            } else if ["28P01", "28000", "42704", "3D000", "42501"]
+                .iter()
+                .any(|code| msg.contains(code))
+            {
+                // Authentication, missing slot/publication/database, privileges: a person must act.
                 Kind::Config
             } else if msg.contains("can no longer get changes") || msg.contains("invalidated") {
                 Kind::Invariant
