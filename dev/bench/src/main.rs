@@ -1,0 +1,2 @@
+//! Benchmark command (stub; see README "Benchmarks").
+fn main() {}
