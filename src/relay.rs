@@ -753,7 +753,7 @@ impl RelaySettings {
                 max_bytes: cfg.batch.max_bytes as u64,
                 max_delay: cfg.batch.max_delay(),
                 split_events: cfg.batch.split_events as u64,
-                idle_checkpoint: Duration::from_secs(1),
+                idle_checkpoint: cfg.batch.idle_checkpoint(),
             },
             on_error: match cfg.errors.on_error {
                 crate::config::OnError::DeadLetter => {

@@ -472,6 +472,9 @@ pub struct BatchConfig {
     /// A Postgres transaction with more events than this is published in consecutive Kafka transactions of
     /// this many events (in order, still exactly once, but not atomically visible). At least 1. Bounds memory.
     pub split_events: usize,
+    /// While the outbox is idle but the server's WAL moves (other tables are busy), the least time between
+    /// two checkpoint-only Kafka transactions that let the slot release WAL, in milliseconds.
+    pub idle_checkpoint_ms: u64,
 }
 
 impl Default for BatchConfig {
@@ -481,6 +484,7 @@ impl Default for BatchConfig {
             max_bytes: 8_388_608,
             max_delay_ms: 100,
             split_events: 50_000,
+            idle_checkpoint_ms: 1_000,
         }
     }
 }
@@ -489,6 +493,11 @@ impl BatchConfig {
     /// `max_delay_ms` as a duration.
     pub fn max_delay(&self) -> Duration {
         Duration::from_millis(self.max_delay_ms)
+    }
+
+    /// `idle_checkpoint_ms` as a duration.
+    pub fn idle_checkpoint(&self) -> Duration {
+        Duration::from_millis(self.idle_checkpoint_ms)
     }
 }
 

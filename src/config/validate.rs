@@ -119,6 +119,7 @@ pub(super) fn validate(c: &Config) -> Check {
     at_least("batch.max_events", b.max_events as u64, 1)?;
     at_least("batch.max_bytes", b.max_bytes as u64, 1)?;
     at_least("batch.split_events", b.split_events as u64, 1)?;
+    at_least("batch.idle_checkpoint_ms", b.idle_checkpoint_ms, 100)?;
 
     let rt = &c.retry;
     at_least("retry.initial_backoff_ms", rt.initial_backoff_ms, 1)?;
