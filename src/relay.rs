@@ -21,6 +21,7 @@
 //! standby) or stop. A new session re-reads the checkpoint, so an aborted Kafka transaction is
 //! simply replayed.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,12 +96,21 @@ pub async fn run(settings: RelaySettings, shutdown: Shutdown, status: Arc<Status
     let mut backoff = settings.retry.initial_backoff;
     let mut failing_since: Option<Instant> = None;
     let mut standing_by = false;
+    // Rows whose records the broker refused (found out only at commit): dead-lettered on replay.
+    let mut poisoned = Poisoned::default();
     loop {
         if shutdown.is_requested() {
             return Ok(());
         }
         let mut made_progress = false;
-        let outcome = session(&settings, &shutdown, &status, &mut made_progress).await;
+        let outcome = session(
+            &settings,
+            &shutdown,
+            &status,
+            &mut made_progress,
+            &mut poisoned,
+        )
+        .await;
         status.ready.store(false, Ordering::Relaxed);
         let err = match outcome {
             Ok(()) => return Ok(()),
@@ -169,6 +179,7 @@ async fn session(
     shutdown: &Shutdown,
     status: &Arc<Status>,
     made_progress: &mut bool,
+    poisoned: &mut Poisoned,
 ) -> Result<()> {
     let src = &settings.source;
     // Checks that need no slot first, so a misconfiguration is reported before standing by.
@@ -244,6 +255,9 @@ async fn session(
 
     let mut pipe = Pipeline {
         settings,
+        control,
+        poisoned,
+        topics: HashMap::new(),
         stream,
         sink,
         decoder: OutboxDecoder::new(&src.table_schema, &src.table_name, settings.columns.clone()),
@@ -279,8 +293,25 @@ struct CurTxn {
     skip_through: u64,
 }
 
+/// Event ids the broker refused at commit time, with why: on replay they go to the dead-letter
+/// topic instead (or stop the relay), in the new transaction, so they are still published once.
+#[derive(Debug, Default)]
+struct Poisoned {
+    ids: HashMap<String, (&'static str, String)>,
+}
+
+/// How long a "topic does not exist" answer is trusted before asking the brokers again.
+const TOPIC_NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// How often the SQL connection checks the slot while streaming; a check that does not answer in
+/// this time ends the session (a connection that hangs without an error, e.g. a network partition).
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
 struct Pipeline<'a> {
     settings: &'a RelaySettings,
+    control: Control,
+    poisoned: &'a mut Poisoned,
+    /// Topics checked against cluster metadata: Ok, or why records cannot go there (and when).
+    topics: HashMap<Arc<str>, (Result<(), sink::Refusal>, Instant)>,
     stream: Stream,
     sink: Sink,
     decoder: OutboxDecoder,
@@ -303,6 +334,9 @@ struct Pipeline<'a> {
 impl Pipeline<'_> {
     async fn run(&mut self, shutdown: &Shutdown) -> Result<()> {
         let batch = self.settings.batch;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
         loop {
             let commit_due = self
                 .txn_opened_at
@@ -335,8 +369,46 @@ impl Pipeline<'_> {
                 _ = sleep_until(idle_due), if idle_due.is_some() => {
                     self.commit(None)?;
                 }
+                _ = heartbeat.tick() => {
+                    self.heartbeat().await?;
+                }
             }
         }
+    }
+
+    /// Checks the slot over the SQL connection: proves Postgres still answers (a partitioned
+    /// network can leave the replication connection silent but open) and refreshes slot metrics.
+    async fn heartbeat(&mut self) -> Result<()> {
+        let src = &self.settings.source;
+        let slot = match tokio::time::timeout(HEARTBEAT, self.control.slot()).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::transient(format!(
+                    "postgres {}: no answer to the slot check within {HEARTBEAT:?}: reconnecting",
+                    src.address()
+                )))
+            }
+        };
+        let Some(slot) = slot else {
+            return Err(Error::invariant(format!(
+                "postgres {}: slot {:?} was dropped while the relay streamed from it",
+                src.address(),
+                src.slot
+            )));
+        };
+        if slot.wal_status.as_deref() == Some("lost") {
+            return Err(Error::invariant(format!(
+                "postgres {}: slot {:?} was invalidated (wal_status = lost); see the README, \"Recovering from an invalidated slot\"",
+                src.address(),
+                src.slot
+            )));
+        }
+        if let Some(restart) = slot.restart_lsn {
+            self.status
+                .slot_restart_lsn
+                .store(restart, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Shutdown: commit what is open (as a partial checkpoint when inside a Postgres
@@ -469,16 +541,29 @@ impl Pipeline<'_> {
                         let event_id = row.id.clone();
                         let key = Bytes::from(row.aggregate_id.clone());
                         let payload = row.payload.clone();
-                        match self.router.route(row, &pos) {
-                            Ok(rec) => self.send(rec, &pos, Some(&event_id), Some(key), payload)?,
-                            Err(RouteError { reason, detail }) => self.bad_row(
+                        if let Some((reason, detail)) = self.poisoned.ids.get(&event_id).cloned() {
+                            self.bad_row(
                                 reason,
                                 detail,
                                 &pos,
                                 Some(&event_id),
                                 Some(key),
                                 payload,
-                            )?,
+                            )?;
+                        } else {
+                            match self.router.route(row, &pos) {
+                                Ok(rec) => {
+                                    self.send(rec, &pos, Some(&event_id), Some(key), payload)?
+                                }
+                                Err(RouteError { reason, detail }) => self.bad_row(
+                                    reason,
+                                    detail,
+                                    &pos,
+                                    Some(&event_id),
+                                    Some(key),
+                                    payload,
+                                )?,
+                            }
                         }
                     }
                     Err(InsertError::Row(e)) => {
@@ -542,6 +627,9 @@ impl Pipeline<'_> {
         key: Option<Bytes>,
         value: Bytes,
     ) -> Result<()> {
+        if let Err((reason, detail)) = self.check_topic(&rec.topic)? {
+            return self.bad_row(reason, detail, pos, event_id, key, value);
+        }
         let size = record_size(&rec);
         match self.sink.send(&rec) {
             Ok(()) => {
@@ -593,6 +681,17 @@ impl Pipeline<'_> {
                 if let Some(id) = event_id {
                     headers.push(("event_id".into(), Bytes::from(id.to_string())));
                 }
+                // A record the broker refuses for its size cannot be dead-lettered whole either:
+                // keep its headers and say how big it was.
+                let value = if reason == "record_too_large" {
+                    headers.push((
+                        "dlq_original_bytes".into(),
+                        Bytes::from(value.len().to_string()),
+                    ));
+                    Bytes::new()
+                } else {
+                    value
+                };
                 let rec = Record {
                     topic: Arc::from(topic.as_str()),
                     key,
@@ -620,6 +719,22 @@ impl Pipeline<'_> {
         }
     }
 
+    /// Whether records can go to `topic`: it exists and we may write it. Asked once per topic (a
+    /// "missing" answer is re-asked after a while), so a missing topic costs a metadata request,
+    /// not a stalled transaction.
+    fn check_topic(&mut self, topic: &Arc<str>) -> Result<Result<(), sink::Refusal>> {
+        if let Some((verdict, at)) = self.topics.get(topic) {
+            if verdict.is_ok() || at.elapsed() < TOPIC_NEGATIVE_TTL {
+                return Ok(verdict.clone());
+            }
+        }
+        let sink = &self.sink;
+        let verdict = blocking(|| sink.topic_status(topic))?;
+        self.topics
+            .insert(topic.clone(), (verdict.clone(), Instant::now()));
+        Ok(verdict)
+    }
+
     fn opened(&mut self) {
         if self.txn_opened_at.is_none() {
             self.txn_opened_at = Some(Instant::now());
@@ -635,7 +750,10 @@ impl Pipeline<'_> {
         };
         let events = self.sink.records_in_transaction();
         let sink = &mut self.sink;
-        blocking(|| sink.commit(&cp))?;
+        if let Err(e) = blocking(|| sink.commit(&cp)) {
+            self.remember_refused_record()?;
+            return Err(e);
+        }
         self.resume_lsn = resume;
         self.stream.ack(resume);
         self.txn_opened_at = None;
@@ -644,6 +762,47 @@ impl Pipeline<'_> {
         self.status.checkpoint_lsn.store(resume, Ordering::Relaxed);
         self.status.kafka_commits.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(events, resume_lsn = %lsn::format(resume), partial = ?partial, "committed");
+        Ok(())
+    }
+}
+
+impl Pipeline<'_> {
+    /// After a failed commit: if the broker refused one record for a reason that retrying cannot
+    /// fix, remember its event id so the replay dead-letters it. A record refused again after that
+    /// (its dead-letter record too) stops the relay.
+    fn remember_refused_record(&mut self) -> Result<()> {
+        let Some(failure) = self.sink.delivery_failure() else {
+            return Ok(());
+        };
+        let Some(reason) = sink::permanent_reason(failure.code) else {
+            return Ok(());
+        };
+        let Some(event_id) = failure.event_id.clone() else {
+            return Ok(());
+        };
+        if self.poisoned.ids.contains_key(&event_id) {
+            return Err(Error::new(
+                Kind::BadRow,
+                format!(
+                    "outbox row {event_id}: the broker refused its dead-letter record too ({}: {}); fix the topic or the row, then start again",
+                    failure.topic, failure.error
+                ),
+            ));
+        }
+        tracing::warn!(
+            event_id = %event_id,
+            topic = %failure.topic,
+            reason,
+            "the broker refused a record ({}); replaying the transaction to dead-letter it",
+            failure.error
+        );
+        self.poisoned.ids.insert(
+            event_id,
+            (
+                reason,
+                format!("topic {}: {}", failure.topic, failure.error),
+            ),
+        );
         Ok(())
     }
 }

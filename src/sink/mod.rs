@@ -478,6 +478,63 @@ fn auth_error(e: &KafkaError, settings: &SinkSettings) -> Option<Error> {
     None
 }
 
+/// Why records cannot go to a topic: a dead-letter reason and a detail.
+pub type Refusal = (&'static str, String);
+
+/// Error codes that mean "this record can never be written as it is" (a poison row), as a
+/// dead-letter reason.
+pub fn permanent_reason(code: Option<RDKafkaErrorCode>) -> Option<&'static str> {
+    Some(match code? {
+        RDKafkaErrorCode::MessageSizeTooLarge
+        | RDKafkaErrorCode::InvalidMessageSize
+        | RDKafkaErrorCode::MessageBatchTooLarge => "record_too_large",
+        RDKafkaErrorCode::TopicAuthorizationFailed => "topic_not_authorized",
+        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+            "unknown_topic"
+        }
+        RDKafkaErrorCode::InvalidRecord | RDKafkaErrorCode::PolicyViolation => "record_refused",
+        _ => return None,
+    })
+}
+
+impl Sink {
+    /// Whether records can be written to `topic`, from cluster metadata: `Err((reason, detail))`
+    /// for a topic that does not exist or that we may not write (a poison row, not a session
+    /// failure). Blocks.
+    pub fn topic_status(&self, topic: &str) -> Result<std::result::Result<(), Refusal>> {
+        let md = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), self.settings.call_timeout)
+            .map_err(|e| {
+                Error::transient(format!("kafka: metadata request for topic {topic:?}"))
+                    .with_source(e)
+            })?;
+        let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+            return Ok(Err((
+                "unknown_topic",
+                format!("topic {topic:?} is not in the cluster metadata"),
+            )));
+        };
+        match t.error() {
+            None if !t.partitions().is_empty() => Ok(Ok(())),
+            None => Ok(Err((
+                "unknown_topic",
+                format!("topic {topic:?} has no partitions"),
+            ))),
+            Some(e) => {
+                let code = RDKafkaErrorCode::from(e);
+                match permanent_reason(Some(code)) {
+                    Some(reason) => Ok(Err((reason, format!("topic {topic:?}: {code}")))),
+                    None => Err(Error::transient(format!(
+                        "kafka: metadata for topic {topic:?}: {code}"
+                    ))),
+                }
+            }
+        }
+    }
+}
+
 /// Whether `topic` exists, from cluster metadata.
 pub fn topic_exists(settings: &SinkSettings, topic: &str) -> Result<bool> {
     let mut cc = ClientConfig::new();

@@ -18,6 +18,8 @@ pub struct Status {
     pub checkpoint_lsn: AtomicU64,
     /// Server WAL end from the last keepalive.
     pub server_wal_end: AtomicU64,
+    /// The slot's restart_lsn from the last heartbeat.
+    pub slot_restart_lsn: AtomicU64,
     /// Sessions ended by transient errors.
     pub errors_transient: AtomicU64,
 }
