@@ -5,60 +5,16 @@
 //! Every verdict comes from a `read_committed` consumer that counts every event id.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use outbox_relay_dev::postgres::{current_wal_lsn, slot_info};
-use outbox_relay_dev::relay::find_relay_bin;
 use outbox_relay_dev::{
     run_cli, shared_servers, verify, wait_until, write_batched, write_concurrently, write_txn,
-    Kafka, NewEvent, Postgres, RelayConfig, RelayProcess, TestDb, WriteSpec, Written,
+    Kafka, NewEvent, Postgres, RelayConfig, RelayProcess, Written,
 };
 
-const READY: &str = "outbox-relay started";
-
-fn bin() -> PathBuf {
-    std::env::var_os("CARGO_BIN_EXE_outbox-relay")
-        .map(PathBuf::from)
-        .or_else(|| option_env!("CARGO_BIN_EXE_outbox-relay").map(PathBuf::from))
-        .unwrap_or_else(|| find_relay_bin().expect("relay binary"))
-}
-
-/// A database, a config with its own slot and topics, and the topics created.
-async fn setup(types: &[&str]) -> Result<(TestDb, RelayConfig)> {
-    let pg = Postgres::shared();
-    let kafka = Kafka::shared();
-    let db = pg.new_database().await?;
-    let cfg = RelayConfig::new(pg, &db, kafka);
-    cfg.create_topics(kafka, types, 3).await?;
-    Ok((db, cfg))
-}
-
-fn topics(cfg: &RelayConfig, types: &[&str]) -> Vec<String> {
-    types.iter().map(|t| cfg.topic_for(t)).collect()
-}
-
-async fn start(cfg: &RelayConfig) -> Result<RelayProcess> {
-    let mut relay = RelayProcess::spawn(&bin(), &cfg.to_toml(), &[])?;
-    relay
-        .wait_for_log(READY, Duration::from_secs(60))
-        .await
-        .context("relay did not become ready")?;
-    Ok(relay)
-}
-
-fn spec(total: usize, types: &[&str], sizes: &[usize], writers: usize) -> WriteSpec {
-    WriteSpec {
-        writers,
-        total,
-        txn_sizes: sizes.to_vec(),
-        keys_per_writer: 50,
-        aggregate_types: types.iter().map(|s| s.to_string()).collect(),
-        payload_bytes: 300,
-        batched: true,
-    }
-}
+use crate::common::{bin, peak_rss_kib, setup, spec, start, topics, READY};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maps_10k_events_with_topics_keys_headers_and_order() -> Result<()> {
@@ -298,19 +254,6 @@ async fn a_200k_row_transaction_is_split_and_survives_a_kill() -> Result<()> {
     relay.sigterm()?;
     relay.wait_exit(Duration::from_secs(30)).await;
     Ok(())
-}
-
-/// VmHWM of a process, in KiB.
-fn peak_rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
