@@ -109,9 +109,20 @@ pub fn sweep_stale_dirs() {
         let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
             continue;
         };
-        if pid != std::process::id() as i32 && !Path::new(&format!("/proc/{pid}")).exists() {
+        if pid != std::process::id() as i32 && !pid_alive(pid) {
             let _ = std::fs::remove_dir_all(e.path());
         }
+    }
+}
+
+/// Is `pid` a live (non-zombie) process?
+fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
     }
 }
 

@@ -28,10 +28,15 @@ where
     let mut interval = Duration::from_millis(50);
     let mut last_err: Option<anyhow::Error> = None;
     loop {
-        match f().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
+        // One attempt may hang (a query on a blackholed connection): bound it by what is left.
+        let left = deadline
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(10));
+        match tokio::time::timeout(left, f()).await {
+            Ok(Ok(Some(v))) => return Ok(v),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => last_err = Some(e),
+            Err(_) => last_err = Some(anyhow!("an attempt was still pending at the deadline")),
         }
         if start.elapsed() >= deadline {
             return Err(match last_err {
