@@ -518,7 +518,8 @@ fn wait_ready(bootstrap: &str, deadline: Duration) -> Result<()> {
         let md = consumer.fetch_metadata(None, Duration::from_secs(2))?;
         Ok((!md.brokers().is_empty()).then_some(()))
     })?;
-    let remaining = deadline.saturating_sub(start.elapsed());
+    let metadata_at = start.elapsed();
+    let remaining = deadline.saturating_sub(metadata_at);
     wait_until_blocking(remaining, "Kafka transaction coordinator", || {
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
@@ -532,7 +533,12 @@ fn wait_ready(bootstrap: &str, deadline: Duration) -> Result<()> {
         producer.begin_transaction()?;
         producer.commit_transaction(Duration::from_secs(20))?;
         Ok(Some(()))
-    })
+    })?;
+    eprintln!(
+        "[harness] Kafka {bootstrap}: metadata after {metadata_at:.1?}, transactions after {:.1?}",
+        start.elapsed()
+    );
+    Ok(())
 }
 
 /// 16 random bytes, base64url without padding (22 chars): the form Kafka's cluster ids take.
