@@ -16,4 +16,5 @@ pub mod route;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod telemetry;

@@ -35,7 +35,8 @@ use crate::shutdown::Shutdown;
 use crate::sink::{self, Checkpoint, Partial, SendError, Sink, SinkSettings};
 use crate::source::control::Control;
 use crate::source::{lsn, SourceEvent, SourceSettings, Stream};
-use crate::telemetry::Status;
+use crate::telemetry::{Status, TxnStats};
+use tokio::sync::watch;
 
 /// What to do with a row that cannot be published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,8 +92,42 @@ pub struct RelaySettings {
     pub retry: RetrySettings,
 }
 
+/// The settings a SIGHUP reload may change while the relay runs: they touch neither positions nor
+/// identities, so applying them between two events cannot lose or duplicate one.
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    /// Transaction cutting, from the next commit decision on.
+    pub batch: BatchSettings,
+    /// Routing, for events not yet routed.
+    pub router: RouterSettings,
+}
+
+impl RelaySettings {
+    /// The reloadable part of these settings.
+    pub fn live(&self) -> LiveSettings {
+        LiveSettings {
+            batch: self.batch,
+            router: self.router.clone(),
+        }
+    }
+}
+
 /// Runs sessions until shutdown or a non-retriable error.
 pub async fn run(settings: RelaySettings, shutdown: Shutdown, status: Arc<Status>) -> Result<()> {
+    let (keep, live) = watch::channel(settings.live());
+    let result = run_with_reload(settings, shutdown, status, live).await;
+    drop(keep);
+    result
+}
+
+/// As [`run`], with reloadable settings: each new value of `live` applies to the running pipeline
+/// (checked in its loop) and to every later session.
+pub async fn run_with_reload(
+    settings: RelaySettings,
+    shutdown: Shutdown,
+    status: Arc<Status>,
+    mut live: watch::Receiver<LiveSettings>,
+) -> Result<()> {
     let mut backoff = settings.retry.initial_backoff;
     let mut failing_since: Option<Instant> = None;
     let mut standing_by = false;
@@ -102,6 +137,8 @@ pub async fn run(settings: RelaySettings, shutdown: Shutdown, status: Arc<Status
         if shutdown.is_requested() {
             return Ok(());
         }
+        // Connecting, standing by and backing off are healthy states: keep the watchdog fed.
+        status.tick();
         let mut made_progress = false;
         let outcome = session(
             &settings,
@@ -109,19 +146,22 @@ pub async fn run(settings: RelaySettings, shutdown: Shutdown, status: Arc<Status
             &status,
             &mut made_progress,
             &mut poisoned,
+            &mut live,
         )
         .await;
-        status.ready.store(false, Ordering::Relaxed);
+        status.set_ready(false);
         let err = match outcome {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
+        status.session_error(&err);
         if made_progress {
             failing_since = None;
             backoff = settings.retry.initial_backoff;
         }
         match err.kind() {
             Kind::Standby => {
+                status.set_standby(&settings.source.slot);
                 if !standing_by {
                     tracing::info!(slot = %settings.source.slot, "{}", err.report());
                     standing_by = true;
@@ -180,6 +220,7 @@ async fn session(
     status: &Arc<Status>,
     made_progress: &mut bool,
     poisoned: &mut Poisoned,
+    live: &mut watch::Receiver<LiveSettings>,
 ) -> Result<()> {
     let src = &settings.source;
     // Checks that need no slot first, so a misconfiguration is reported before standing by.
@@ -189,6 +230,7 @@ async fn session(
 
     // (1) Acquire the slot.
     let stream = Stream::open(src).await?;
+    status.tick();
     let mut sink_settings = settings.sink.clone();
     sink_settings.checkpoint_key = format!("{}/{}/{}", stream.system_id, src.dbname, src.slot);
 
@@ -249,9 +291,10 @@ async fn session(
         "outbox-relay started: slot acquired, producer initialised, checkpoint read"
     );
     stream.ack(resume_lsn);
-    status.ready.store(true, Ordering::Relaxed);
     status.checkpoint_lsn.store(resume_lsn, Ordering::Relaxed);
+    status.set_ready(true);
     *made_progress = true;
+    let current = live.borrow_and_update().clone();
 
     let mut pipe = Pipeline {
         settings,
@@ -261,7 +304,10 @@ async fn session(
         stream,
         sink,
         decoder: OutboxDecoder::new(&src.table_schema, &src.table_name, settings.columns.clone()),
-        router: Router::new(settings.router.clone()),
+        router: Router::new(current.router),
+        batch: current.batch,
+        live,
+        stats: TxnStats::default(),
         status: status.clone(),
         resume_lsn,
         partial_at_start: partial,
@@ -274,6 +320,9 @@ async fn session(
     };
     let result = pipe.run(shutdown).await;
     if result.is_err() {
+        if pipe.sink.in_transaction() {
+            status.metrics.aborted();
+        }
         blocking(|| pipe.sink.abort());
     }
     let Pipeline { stream, .. } = pipe;
@@ -305,6 +354,8 @@ const TOPIC_NEGATIVE_TTL: Duration = Duration::from_secs(10);
 /// How often the SQL connection checks the slot while streaming; a check that does not answer in
 /// this time ends the session (a connection that hangs without an error, e.g. a network partition).
 const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Longest an idle pipeline loop goes without a turn (each turn ticks the watchdog).
+const TURN: Duration = Duration::from_millis(500);
 
 struct Pipeline<'a> {
     settings: &'a RelaySettings,
@@ -316,6 +367,12 @@ struct Pipeline<'a> {
     sink: Sink,
     decoder: OutboxDecoder,
     router: Router,
+    /// Batch limits in force (reloadable).
+    batch: BatchSettings,
+    /// Reloaded settings (SIGHUP), checked in the loop.
+    live: &'a mut watch::Receiver<LiveSettings>,
+    /// What the open Kafka transaction holds, for the metrics at commit.
+    stats: TxnStats,
     status: Arc<Status>,
     /// Committed in Kafka and acknowledged: the end LSN of the last fully published transaction.
     resume_lsn: u64,
@@ -333,11 +390,21 @@ struct Pipeline<'a> {
 
 impl Pipeline<'_> {
     async fn run(&mut self, shutdown: &Shutdown) -> Result<()> {
-        let batch = self.settings.batch;
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
+        // Wakes an idle loop so it still ticks (the systemd watchdog is fed from those ticks).
+        let mut turn = tokio::time::interval(TURN);
+        turn.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stall_at = crate::telemetry::test_stall_deadline();
+        let mut live_open = true;
         loop {
+            let batch = self.batch;
+            self.status.tick();
+            if stall_at.is_some_and(|at| Instant::now() >= at) {
+                tracing::warn!("test hook OUTBOX_RELAY_TEST_STALL_AFTER_READY: the pipeline loop stops turning");
+                std::future::pending::<()>().await;
+            }
             let commit_due = self
                 .txn_opened_at
                 .filter(|_| self.cur.is_none())
@@ -352,6 +419,13 @@ impl Pipeline<'_> {
                 biased;
                 _ = shutdown.requested() => {
                     return self.drain().await;
+                }
+                // A SIGHUP reload: rare and cheap, so before the stream, which may always be ready.
+                changed = self.live.changed(), if live_open => {
+                    match changed {
+                        Ok(()) => self.apply_live(),
+                        Err(_) => live_open = false,
+                    }
                 }
                 _ = sleep_until(commit_due), if commit_due.is_some() => {
                     self.commit(None)?;
@@ -372,6 +446,7 @@ impl Pipeline<'_> {
                 _ = heartbeat.tick() => {
                     self.heartbeat().await?;
                 }
+                _ = turn.tick() => {}
             }
         }
     }
@@ -408,7 +483,29 @@ impl Pipeline<'_> {
                 .slot_restart_lsn
                 .store(restart, Ordering::Relaxed);
         }
+        // For the lag and retained-WAL gauges only: a failure here is not the session's.
+        if let Ok(Ok(current)) =
+            tokio::time::timeout(HEARTBEAT, self.control.current_wal_lsn()).await
+        {
+            self.status
+                .server_current_lsn
+                .store(current, Ordering::Relaxed);
+        }
         Ok(())
+    }
+
+    /// A SIGHUP reload: new batch limits from the next commit decision, new routing from the next
+    /// event. Positions and the open Kafka transaction are untouched.
+    fn apply_live(&mut self) {
+        let live = self.live.borrow_and_update().clone();
+        self.batch = live.batch;
+        self.router.set_settings(live.router);
+        tracing::info!(
+            max_events = self.batch.max_events,
+            max_bytes = self.batch.max_bytes,
+            max_delay_ms = self.batch.max_delay.as_millis() as u64,
+            "reloaded settings applied to the running pipeline"
+        );
     }
 
     /// Shutdown: commit what is open (as a partial checkpoint when inside a Postgres
@@ -467,13 +564,13 @@ impl Pipeline<'_> {
                         "postgres: Commit without Begin (protocol error)",
                     ));
                 };
-                let _ = cur;
+                self.stats.pg_commit(cur.commit_ts_micros);
                 if end_lsn > self.pending_resume {
                     self.pending_resume = end_lsn;
                 }
                 if self.sink.in_transaction()
-                    && (self.sink.records_in_transaction() >= self.settings.batch.max_events
-                        || self.txn_bytes >= self.settings.batch.max_bytes)
+                    && (self.sink.records_in_transaction() >= self.batch.max_events
+                        || self.txn_bytes >= self.batch.max_bytes)
                 {
                     self.commit(None)?;
                 }
@@ -598,7 +695,7 @@ impl Pipeline<'_> {
                 }
                 // Split a big Postgres transaction: commit what is queued, with a partial
                 // checkpoint that says how many of its changes are published.
-                if self.sink.records_in_transaction() >= self.settings.batch.split_events {
+                if self.sink.records_in_transaction() >= self.batch.split_events {
                     self.commit(Some(Partial {
                         final_lsn: cur.final_lsn,
                         xid: cur.xid,
@@ -635,6 +732,7 @@ impl Pipeline<'_> {
             Ok(()) => {
                 self.opened();
                 self.txn_bytes += size;
+                self.stats.published(&rec.topic);
                 self.status.events_published.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
@@ -703,6 +801,7 @@ impl Pipeline<'_> {
                     Ok(()) => {
                         self.opened();
                         self.txn_bytes += size;
+                        self.stats.dead_lettered();
                         self.status.events_dead_lettered.fetch_add(1, Ordering::Relaxed);
                         Ok(())
                     }
@@ -759,8 +858,11 @@ impl Pipeline<'_> {
         self.txn_opened_at = None;
         self.txn_bytes = 0;
         self.last_commit_at = Instant::now();
-        self.status.checkpoint_lsn.store(resume, Ordering::Relaxed);
-        self.status.kafka_commits.fetch_add(1, Ordering::Relaxed);
+        // A split Postgres transaction: what of it this commit holds counts from now.
+        if let Some(cur) = self.cur {
+            self.stats.pg_commit(cur.commit_ts_micros);
+        }
+        self.status.committed(&mut self.stats, resume);
         tracing::debug!(events, resume_lsn = %lsn::format(resume), partial = ?partial, "committed");
         Ok(())
     }

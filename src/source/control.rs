@@ -219,6 +219,47 @@ impl Control {
         }))
     }
 
+    /// The server's current WAL write position (`pg_current_wal_lsn()`).
+    pub async fn current_wal_lsn(&self) -> Result<u64> {
+        let row = self
+            .client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| self.err("SELECT pg_current_wal_lsn()", e))?;
+        let text: String = row.get(0);
+        lsn::parse(&text).ok_or_else(|| {
+            Error::internal(format!("postgres: unreadable pg_current_wal_lsn {text:?}"))
+        })
+    }
+
+    /// The system identifier, as IDENTIFY_SYSTEM reports it (`pg_control_system()`, executable
+    /// by every role by default).
+    pub async fn system_identifier(&self) -> Result<String> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT system_identifier::text FROM pg_control_system()",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err("SELECT pg_control_system()", e))?;
+        Ok(row.get(0))
+    }
+
+    /// `application_name` and client address of backend `pid` (the slot holder), when the role may
+    /// see them (its own sessions, or with pg_read_all_stats).
+    pub async fn backend(&self, pid: i32) -> Result<Option<(Option<String>, Option<String>)>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT application_name::text, client_addr::text FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .map_err(|e| self.err("reading pg_stat_activity", e))?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
     /// Makes sure the slot exists and suits us (pgoutput, our database, not invalidated),
     /// creating it when `postgres.create_slot` allows.
     pub async fn ensure_slot(&self) -> Result<SlotInfo> {

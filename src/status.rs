@@ -1,0 +1,311 @@
+//! `outbox-relay status --config <file> [--json]`: where the relay stands, from the servers
+//! themselves, for an operator (or a script) that cannot or does not want to scrape `/metrics`.
+//!
+//! ```text
+//!  SQL connection ── pg_replication_slots, pg_current_wal_lsn(), pg_control_system(), pg_stat_activity
+//!  Kafka         ── read_committed read of the checkpoint topic, key <system id>/<dbname>/<slot>
+//!                       └──> slot state, checkpoint, lag = server WAL - checkpoint, who holds the slot
+//! ```
+//!
+//! Read-only: it creates neither the slot nor topics, joins no consumer group (it assigns the
+//! partition and commits nothing), and never prints secrets (only names, addresses, positions).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::{Kind, Result};
+use crate::relay::RelaySettings;
+use crate::sink::checkpoint;
+use crate::source::control::Control;
+use crate::source::lsn;
+
+/// Everything `status` reports.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// `host:port` of Postgres.
+    pub postgres: String,
+    /// Database of the outbox.
+    pub database: String,
+    /// Postgres system identifier.
+    pub system_identifier: String,
+    /// The server's current WAL position.
+    pub server_wal_lsn: String,
+    /// The replication slot.
+    pub slot: SlotReport,
+    /// The checkpoint in Kafka.
+    pub checkpoint: CheckpointReport,
+    /// Server WAL position minus the checkpoint's `resume_lsn` (bytes); null without a checkpoint.
+    pub lag_bytes: Option<u64>,
+    /// Whether a session streams from the slot (a relay, or something else: see `slot.holder_application`).
+    pub slot_held: bool,
+    /// Whether that session says it is an outbox-relay (its application_name), when visible.
+    pub held_by_relay: Option<bool>,
+}
+
+/// The slot as `pg_replication_slots` shows it.
+#[derive(Debug, Serialize)]
+pub struct SlotReport {
+    /// Slot name.
+    pub name: String,
+    /// Whether it exists.
+    pub exists: bool,
+    /// Whether a session streams from it.
+    pub active: bool,
+    /// That session's backend pid.
+    pub active_pid: Option<i32>,
+    /// That session's application_name (outbox-relay for a relay), when visible to this role.
+    pub holder_application: Option<String>,
+    /// That session's client address, when visible.
+    pub holder_client_addr: Option<String>,
+    /// Acknowledged position.
+    pub confirmed_flush_lsn: Option<String>,
+    /// Oldest WAL it retains.
+    pub restart_lsn: Option<String>,
+    /// `pg_current_wal_lsn() - restart_lsn`.
+    pub retained_wal_bytes: Option<u64>,
+    /// reserved, extended, unreserved or lost.
+    pub wal_status: Option<String>,
+    /// `wal_status = lost`: WAL it needed is gone (see the README's recovery steps).
+    pub invalidated: bool,
+}
+
+/// The newest committed checkpoint.
+#[derive(Debug, Serialize)]
+pub struct CheckpointReport {
+    /// Checkpoint topic.
+    pub topic: String,
+    /// Record key: `<system id>/<dbname>/<slot>`.
+    pub key: String,
+    /// Whether one was found.
+    pub found: bool,
+    /// End LSN of the last Postgres transaction fully published.
+    pub resume_lsn: Option<String>,
+    /// A Postgres transaction published in part.
+    pub partial: Option<PartialReport>,
+    /// Why there is none, when not simply "nothing published yet".
+    pub note: Option<String>,
+}
+
+/// A split transaction's progress.
+#[derive(Debug, Serialize)]
+pub struct PartialReport {
+    /// Commit LSN of the transaction.
+    pub final_lsn: String,
+    /// Its xid.
+    pub xid: u32,
+    /// How many of its changes are published.
+    pub next_index: u64,
+}
+
+/// Runs the subcommand: prints the report, exits 0, or prints the error and exits with its code.
+pub async fn run(cfg: &Config, json: bool) -> ExitCode {
+    let settings = RelaySettings::from_config(cfg);
+    match collect(&settings).await {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+            } else {
+                print!("{}", text(&report));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.report());
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+/// Gathers the report from both servers. Changes nothing on either.
+pub async fn collect(settings: &RelaySettings) -> Result<Report> {
+    let src = &settings.source;
+    let control = Control::connect(src).await?;
+    let system_id = control.system_identifier().await?;
+    let current = control.current_wal_lsn().await?;
+    let slot = control.slot().await?;
+    let (holder_app, holder_addr) = match slot.as_ref().and_then(|s| s.active_pid) {
+        Some(pid) => control.backend(pid).await?.unwrap_or((None, None)),
+        None => (None, None),
+    };
+    let slot_report = SlotReport {
+        name: src.slot.clone(),
+        exists: slot.is_some(),
+        active: slot.as_ref().is_some_and(|s| s.active),
+        active_pid: slot.as_ref().and_then(|s| s.active_pid),
+        holder_application: holder_app.clone(),
+        holder_client_addr: holder_addr,
+        confirmed_flush_lsn: slot
+            .as_ref()
+            .and_then(|s| s.confirmed_flush_lsn)
+            .map(lsn::format),
+        restart_lsn: slot.as_ref().and_then(|s| s.restart_lsn).map(lsn::format),
+        retained_wal_bytes: slot
+            .as_ref()
+            .and_then(|s| s.restart_lsn)
+            .map(|r| current.saturating_sub(r)),
+        wal_status: slot.as_ref().and_then(|s| s.wal_status.clone()),
+        invalidated: slot
+            .as_ref()
+            .is_some_and(|s| s.wal_status.as_deref() == Some("lost")),
+    };
+
+    let key = format!("{system_id}/{}/{}", src.dbname, src.slot);
+    let sink = settings.sink.clone();
+    let topic = sink.checkpoint_topic.clone();
+    let read_key = key.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        checkpoint::read(
+            &sink.client_props,
+            &sink.checkpoint_topic,
+            &read_key,
+            sink.call_timeout.max(Duration::from_secs(10)),
+        )
+    })
+    .await
+    .map_err(|e| crate::error::Error::internal("checkpoint reader task").with_source(e))?;
+    let (cp, note) = match read {
+        Ok(cp) => (cp, None),
+        // A missing checkpoint topic is a state worth reporting, not a failure of `status`.
+        Err(e) if e.kind() == Kind::Config && e.message().contains("does not exist") => {
+            (None, Some(e.message().to_string()))
+        }
+        Err(e) => return Err(e),
+    };
+    let checkpoint = CheckpointReport {
+        topic,
+        key,
+        found: cp.is_some(),
+        resume_lsn: cp.as_ref().map(|c| lsn::format(c.resume_lsn)),
+        partial: cp.as_ref().and_then(|c| c.partial).map(|p| PartialReport {
+            final_lsn: lsn::format(p.final_lsn),
+            xid: p.xid,
+            next_index: p.next_index,
+        }),
+        note,
+    };
+    let slot_held = slot_report.active;
+    Ok(Report {
+        postgres: src.address(),
+        database: src.dbname.clone(),
+        system_identifier: system_id,
+        server_wal_lsn: lsn::format(current),
+        lag_bytes: cp.as_ref().map(|c| current.saturating_sub(c.resume_lsn)),
+        slot: slot_report,
+        checkpoint,
+        slot_held,
+        held_by_relay: if slot_held {
+            holder_app.map(|a| a == "outbox-relay")
+        } else {
+            Some(false)
+        },
+    })
+}
+
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref()
+        .map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// The human-readable form.
+pub fn text(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let s = &r.slot;
+    let _ = writeln!(
+        o,
+        "postgres {} database {:?} (system identifier {})",
+        r.postgres, r.database, r.system_identifier
+    );
+    let _ = writeln!(o, "  server WAL position:   {}", r.server_wal_lsn);
+    let _ = writeln!(o, "slot {}", s.name);
+    if !s.exists {
+        let _ = writeln!(o, "  exists:                no");
+    } else {
+        let _ = writeln!(o, "  exists:                yes");
+        let holder = match (s.active, s.active_pid) {
+            (true, Some(pid)) => format!(
+                "yes (pid {pid}, application {}, client {})",
+                opt(&s.holder_application),
+                opt(&s.holder_client_addr)
+            ),
+            (true, None) => "yes".to_string(),
+            (false, _) => "no (no session streams from it)".to_string(),
+        };
+        let _ = writeln!(o, "  active:                {holder}");
+        let _ = writeln!(
+            o,
+            "  confirmed_flush_lsn:   {}",
+            opt(&s.confirmed_flush_lsn)
+        );
+        let _ = writeln!(o, "  restart_lsn:           {}", opt(&s.restart_lsn));
+        let _ = writeln!(
+            o,
+            "  retained WAL:          {}",
+            s.retained_wal_bytes
+                .map_or("-".to_string(), |b| format!("{b} bytes"))
+        );
+        let _ = writeln!(
+            o,
+            "  wal_status:            {}{}",
+            opt(&s.wal_status),
+            if s.invalidated {
+                " (INVALIDATED: events may be lost; see the README's recovery steps)"
+            } else {
+                ""
+            }
+        );
+    }
+    let c = &r.checkpoint;
+    let _ = writeln!(o, "checkpoint topic {:?} key {:?}", c.topic, c.key);
+    if c.found {
+        let _ = writeln!(o, "  resume_lsn:            {}", opt(&c.resume_lsn));
+        match &c.partial {
+            Some(p) => {
+                let _ = writeln!(
+                    o,
+                    "  partial:               xid {} (commit {}), {} changes published",
+                    p.xid, p.final_lsn, p.next_index
+                );
+            }
+            None => {
+                let _ = writeln!(o, "  partial:               none");
+            }
+        }
+    } else {
+        let _ = writeln!(
+            o,
+            "  none{}",
+            c.note
+                .as_ref()
+                .map_or(" (nothing published yet)".to_string(), |n| format!(
+                    " ({n})"
+                ))
+        );
+    }
+    let _ = writeln!(
+        o,
+        "lag:                     {}",
+        r.lag_bytes
+            .map_or("-".to_string(), |b| format!("{b} bytes"))
+    );
+    let held = match (r.slot_held, r.held_by_relay) {
+        (false, _) => "no".to_string(),
+        (true, Some(true)) => "yes (outbox-relay)".to_string(),
+        (true, Some(false)) => format!(
+            "held by another client ({}), not an outbox-relay",
+            opt(&s.holder_application)
+        ),
+        (true, None) => "held (the holder's application is not visible to this role)".to_string(),
+    };
+    let _ = writeln!(o, "relay holding the slot:  {held}");
+    o
+}
