@@ -574,7 +574,8 @@ pub fn ensure_classpath() -> Result<PathBuf> {
         return Ok(lib);
     }
     std::fs::create_dir_all(&cache)?;
-    let lock = File::create(cache.with_extension("lock"))?;
+    // Not `with_extension`: the version's dots would be taken for one.
+    let lock = File::create(cache.with_file_name(format!("kafka-{version}.lock")))?;
     // SAFETY: flock on an fd we own; blocks until the other holder finishes.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(std::io::Error::last_os_error()).context("flock the Kafka cache lock");
