@@ -229,7 +229,7 @@ async fn session(
     control.ensure_slot().await?;
 
     // (1) Acquire the slot.
-    let stream = Stream::open(src).await?;
+    let mut stream = Stream::open(src).await?;
     status.tick();
     let mut sink_settings = settings.sink.clone();
     sink_settings.checkpoint_key = format!("{}/{}/{}", stream.system_id, src.dbname, src.slot);
@@ -568,9 +568,15 @@ impl Pipeline<'_> {
                 if end_lsn > self.pending_resume {
                     self.pending_resume = end_lsn;
                 }
+                // At a commit boundary: cut the Kafka transaction when it is full or old enough
+                // (checked here too, not only by the timer, so a steady stream of small
+                // transactions still commits every max_delay).
                 if self.sink.in_transaction()
                     && (self.sink.records_in_transaction() >= self.batch.max_events
-                        || self.txn_bytes >= self.batch.max_bytes)
+                        || self.txn_bytes >= self.batch.max_bytes
+                        || self
+                            .txn_opened_at
+                            .is_some_and(|t| t.elapsed() >= self.batch.max_delay))
                 {
                     self.commit(None)?;
                 }
@@ -605,18 +611,10 @@ impl Pipeline<'_> {
             .with_source(e)
         })?;
         match msg {
-            PgOutput::Relation(rel) => {
-                let id = rel.id;
-                self.decoder.relation(rel);
-                // A wrong table or a missing mapped column stops here, before any of its rows.
-                self.decoder.check_relation(id).map_err(|e| {
-                    Error::config(format!(
-                        "postgres: the outbox stream does not match the configuration at {}",
-                        lsn::format(change_lsn)
-                    ))
-                    .with_source(e)
-                })?;
-            }
+            // A schema problem (wrong table, missing mapped column) surfaces at the first row that
+            // is not skipped: Relation messages also precede rows the checkpoint already covers,
+            // which were published under the old mapping.
+            PgOutput::Relation(rel) => self.decoder.relation(rel),
             PgOutput::Insert { relation_id, tuple } => {
                 let Some(cur) = self.cur.as_mut() else {
                     return Err(Error::transient(
@@ -755,14 +753,25 @@ impl Pipeline<'_> {
     ) -> Result<()> {
         let id = event_id.unwrap_or("(unknown)");
         match &self.settings.on_error {
-            OnError::Stop => Err(Error::new(
+            OnError::Stop => {
+                // Publish everything before the bad row (a split at this row), acknowledge up to
+                // the end of the last whole transaction, and stop: a restart begins at this row.
+                if self.sink.in_transaction() {
+                    let partial = self.cur.and_then(|mut c| {
+                        c.index -= 1;
+                        (c.index > 0).then_some(c).and_then(partial_of)
+                    });
+                    self.commit(partial)?;
+                }
+                Err(Error::new(
                 Kind::BadRow,
                 format!(
                     "outbox row {id} at {} (xid {}) cannot be published: {reason}: {detail} (errors.on_error = \"stop\"; fix the row or the configuration, then start again: nothing past it was acknowledged)",
                     lsn::format(pos.lsn),
                     pos.xid
                 ),
-            )),
+            ))
+            }
             OnError::DeadLetter(topic) => {
                 tracing::warn!(
                     event_id = id,
@@ -802,10 +811,15 @@ impl Pipeline<'_> {
                         self.opened();
                         self.txn_bytes += size;
                         self.stats.dead_lettered();
-                        self.status.events_dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        self.status
+                            .events_dead_lettered
+                            .fetch_add(1, Ordering::Relaxed);
                         Ok(())
                     }
-                    Err(SendError::Rejected { reason: r2, detail: d2 }) => Err(Error::new(
+                    Err(SendError::Rejected {
+                        reason: r2,
+                        detail: d2,
+                    }) => Err(Error::new(
                         Kind::BadRow,
                         format!(
                             "outbox row {id} at {} could not be dead-lettered either ({r2}: {d2})",

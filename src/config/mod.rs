@@ -169,7 +169,7 @@ impl Default for PostgresConfig {
             publication: "outbox_pub".into(),
             create_slot: true,
             connect_timeout_ms: 10_000,
-            status_interval_ms: 10_000,
+            status_interval_ms: 1_000,
         }
     }
 }

@@ -126,6 +126,10 @@ pub enum SourceEvent {
 /// An open replication stream that holds the slot.
 pub struct Stream {
     client: ReplicationClient,
+    /// The last position handed to [`Stream::ack`].
+    acked: u64,
+    /// How often the worker sends standby status updates.
+    status_interval: Duration,
     /// Postgres system identifier (from IDENTIFY_SYSTEM).
     pub system_id: String,
     /// Server WAL position when the stream opened.
@@ -198,6 +202,8 @@ impl Stream {
                 .map_err(|e| map_pg_error(s, "START_REPLICATION", e))?;
             Ok::<_, Error>(Stream {
                 client,
+                acked: 0,
+                status_interval: s.status_interval,
                 system_id: ident.system_id,
                 server_lsn: ident.xlogpos.as_u64(),
             })
@@ -272,12 +278,23 @@ impl Stream {
 
     /// Acknowledges `lsn` as durably published: the slot may release WAL before it. Call only
     /// after the Kafka commit that covers it returned Ok.
-    pub fn ack(&self, lsn: u64) {
+    pub fn ack(&mut self, lsn: u64) {
+        self.acked = self.acked.max(lsn);
         self.client.update_applied_lsn(Lsn::from_u64(lsn));
     }
 
-    /// Stops the stream, giving the worker a moment to send the last acknowledgement.
+    /// Stops the stream once the last acknowledgement reached the server (the worker sends it
+    /// within one status interval; it does not flush on stop), so a clean stop leaves the slot
+    /// at the checkpoint instead of holding WAL until the next start.
     pub async fn close(mut self) {
+        let metrics = self.client.metrics();
+        let wait = (self.status_interval + Duration::from_millis(500)).min(Duration::from_secs(3));
+        let deadline = tokio::time::Instant::now() + wait;
+        while metrics.last_applied_lsn().as_u64() < self.acked
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.shutdown()).await;
     }
 }
@@ -300,6 +317,9 @@ pub fn map_pg_error(s: &SourceSettings, what: &str, e: PgWireError) -> Error {
                 Kind::Config
             } else if msg.contains("can no longer get changes") || msg.contains("invalidated") {
                 Kind::Invariant
+            } else if msg.contains("22021") || msg.contains("22P05") {
+                // The walsender cannot convert a row to UTF-8: it will fail the same way forever.
+                Kind::BadRow
             } else {
                 Kind::Transient
             }
@@ -314,6 +334,10 @@ pub fn map_pg_error(s: &SourceSettings, what: &str, e: PgWireError) -> Error {
         Kind::Config if text.contains("28P01") || matches!(e, PgWireError::Auth(_)) => format!(
             "postgres {at}: authentication failed for user {:?} (check postgres.password / postgres.password_file)",
             s.user
+        ),
+        Kind::BadRow => format!(
+            "postgres {at}: the server cannot send a row of the outbox as UTF-8 (the database encoding is not UTF-8 and a row holds bytes that are not valid in it); no client can read past it. Store events as UTF-8 (or the payload as bytea), then skip the transaction by advancing slot {:?} past it and resetting the checkpoint (see the README)",
+            s.slot
         ),
         Kind::Invariant => format!(
             "postgres {at}: slot {:?} was invalidated (WAL it needed was removed, e.g. max_slot_wal_keep_size): events may be lost; see the README's recovery steps",

@@ -4,5 +4,9 @@
 
 mod common;
 mod core;
+mod docs;
 mod faults;
 mod foundation;
+mod poison;
+mod service;
+mod ship;
