@@ -84,6 +84,9 @@ const JSON_OIDS: [u32; 2] = [114, 3802];
 pub struct Router {
     settings: RouterSettings,
     interned: HashMap<String, Result<Arc<str>, RouteError>>,
+    /// The transaction-wide header values of the last row (`pg_xid`, `pg_commit_ts`): every row of a
+    /// transaction shares them, so they are formatted once per transaction, not once per row.
+    txn_headers: Option<(u32, i64, Bytes, Bytes)>,
 }
 
 /// A valid Kafka topic name: 1..=249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -103,6 +106,7 @@ impl Router {
         Self {
             settings,
             interned: HashMap::new(),
+            txn_headers: None,
         }
     }
 
@@ -150,6 +154,20 @@ impl Router {
         Ok(Arc::from(topic))
     }
 
+    fn txn_headers(&mut self, pos: &Position) -> (Bytes, Bytes) {
+        match &self.txn_headers {
+            Some((xid, ts, x, t)) if *xid == pos.xid && *ts == pos.commit_ts_micros => {
+                (x.clone(), t.clone())
+            }
+            _ => {
+                let x = Bytes::from(pos.xid.to_string());
+                let t = Bytes::from(pg_timestamp_rfc3339(pos.commit_ts_micros));
+                self.txn_headers = Some((pos.xid, pos.commit_ts_micros, x.clone(), t.clone()));
+                (x, t)
+            }
+        }
+    }
+
     /// Routes one row.
     pub fn route(&mut self, row: OutboxRow, pos: &Position) -> Result<Record, RouteError> {
         let topic = self.topic(&row.aggregate_type)?;
@@ -172,11 +190,9 @@ impl Router {
             headers.push((Cow::Borrowed("created_at"), Bytes::from(created_at)));
         }
         headers.push((Cow::Borrowed("pg_lsn"), Bytes::from(lsn::format(pos.lsn))));
-        headers.push((Cow::Borrowed("pg_xid"), Bytes::from(pos.xid.to_string())));
-        headers.push((
-            Cow::Borrowed("pg_commit_ts"),
-            Bytes::from(pg_timestamp_rfc3339(pos.commit_ts_micros)),
-        ));
+        let (xid, ts) = self.txn_headers(pos);
+        headers.push((Cow::Borrowed("pg_xid"), xid));
+        headers.push((Cow::Borrowed("pg_commit_ts"), ts));
         if let Some(raw) = &row.headers {
             let event_id = String::from_utf8_lossy(&headers[0].1).into_owned();
             extra_headers(raw, &event_id, &mut headers)?;
