@@ -2,11 +2,13 @@
 //! dev harness (`outbox-relay-dev`) once per test binary. One binary (`it`) so the servers start once;
 //! each area of tests is a module.
 
+mod badconfig;
 mod common;
 mod core;
 mod docs;
 mod faults;
 mod foundation;
 mod poison;
+mod security;
 mod service;
 mod ship;
