@@ -62,12 +62,23 @@ pub struct DeliveryFailure {
     pub error: String,
     /// librdkafka's error code.
     pub code: Option<RDKafkaErrorCode>,
+    /// The record's value size in bytes.
+    pub size: usize,
 }
 
 /// Producer context: routes librdkafka's logs to tracing and keeps the first delivery failure.
 #[derive(Debug, Default)]
 pub struct SinkContext {
     failure: Mutex<Option<DeliveryFailure>>,
+    /// The first SASL authentication failure librdkafka reported: a wrong password surfaces only
+    /// here (requests just time out with a transport failure).
+    auth_failure: Mutex<Option<String>>,
+}
+
+impl SinkContext {
+    fn auth_failure(&self) -> Option<String> {
+        self.auth_failure.lock().ok().and_then(|f| f.clone())
+    }
 }
 
 impl ClientContext for SinkContext {
@@ -86,6 +97,15 @@ impl ClientContext for SinkContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed)
+        ) {
+            let mut slot = self.auth_failure.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(reason.to_string());
+            }
+        }
         tracing::warn!(target: "librdkafka", %error, "{reason}");
     }
 }
@@ -102,13 +122,26 @@ impl ProducerContext for SinkContext {
                     .and_then(|h| h.value)
                     .map(|v| String::from_utf8_lossy(v).into_owned())
             });
+            let size = msg.payload_len();
+            let code = err.rdkafka_error_code();
             let mut slot = self.failure.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.is_none() {
+            // librdkafka fails a whole batch when the broker refuses it as too large: blame its
+            // largest record, not the first one (which may be a good record sharing the batch).
+            let replace = match slot.as_ref() {
+                None => true,
+                Some(prev) => {
+                    permanent_reason(code) == Some("record_too_large")
+                        && prev.code == code
+                        && size > prev.size
+                }
+            };
+            if replace {
                 *slot = Some(DeliveryFailure {
                     topic: msg.topic().to_string(),
                     event_id,
                     error: err.to_string(),
-                    code: err.rdkafka_error_code(),
+                    code,
+                    size,
                 });
             }
         }
@@ -224,6 +257,9 @@ impl Sink {
                 Ok(()) => break,
                 Err(e) => {
                     if let Some(err) = auth_error(&e, &settings) {
+                        return Err(err);
+                    }
+                    if let Some(err) = auth_failed(&context, &settings) {
                         return Err(err);
                     }
                     classify("init_transactions", e)?;
@@ -459,6 +495,26 @@ fn servers(settings: &SinkSettings) -> String {
         .unwrap_or_default()
 }
 
+fn sasl_user(settings: &SinkSettings) -> String {
+    settings
+        .client_props
+        .iter()
+        .find(|(k, _)| k == "sasl.username")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// A SASL authentication failure the client reported through its error callback, as a
+/// configuration error naming the brokers and the user.
+fn auth_failed(context: &SinkContext, settings: &SinkSettings) -> Option<Error> {
+    let reason = context.auth_failure()?;
+    Some(Error::config(format!(
+        "kafka: authentication failed at {} for user {:?}: {reason} (check kafka.sasl_username / kafka.sasl_password / kafka.sasl_password_file)",
+        servers(settings),
+        sasl_user(settings)
+    )))
+}
+
 /// Turns an authentication failure into a configuration error (no retry storm on a wrong password).
 fn auth_error(e: &KafkaError, settings: &SinkSettings) -> Option<Error> {
     let code = e.rdkafka_error_code()?;
@@ -470,8 +526,9 @@ fn auth_error(e: &KafkaError, settings: &SinkSettings) -> Option<Error> {
             | RDKafkaErrorCode::ClusterAuthorizationFailed
     ) {
         return Some(Error::config(format!(
-            "kafka: {code} at {} (check kafka.sasl_username / kafka.sasl_password and the ACLs for transactional.id {:?})",
+            "kafka: {code} at {} for user {:?} (check kafka.sasl_username / kafka.sasl_password and the ACLs for transactional.id {:?})",
             servers(settings),
+            sasl_user(settings),
             settings.transactional_id
         )));
     }
@@ -541,19 +598,34 @@ pub fn topic_exists(settings: &SinkSettings, topic: &str) -> Result<bool> {
     for (k, v) in &settings.client_props {
         cc.set(k, v);
     }
-    let producer: rdkafka::producer::BaseProducer = cc
-        .create()
+    let producer: rdkafka::producer::BaseProducer<SinkContext> = cc
+        .create_with_context(SinkContext::default())
         .map_err(|e| Error::config(format!("kafka: cannot create a metadata client: {e}")))?;
-    let md = producer
-        .client()
-        .fetch_metadata(Some(topic), settings.call_timeout)
-        .map_err(|e| {
-            Error::transient(format!(
-                "kafka: brokers {} unreachable (metadata request)",
-                servers(settings)
-            ))
-            .with_source(e)
-        })?;
+    // Short attempts, so a SASL failure (reported only through the error callback) ends the wait.
+    let started = Instant::now();
+    let md = loop {
+        let left = settings.call_timeout.saturating_sub(started.elapsed());
+        match producer
+            .client()
+            .fetch_metadata(Some(topic), left.min(Duration::from_secs(1)))
+        {
+            Ok(md) => break md,
+            Err(e) => {
+                // Serves the error callback (a BaseProducer's events wait for poll).
+                producer.poll(Duration::ZERO);
+                if let Some(err) = auth_failed(producer.context(), settings) {
+                    return Err(err);
+                }
+                if started.elapsed() >= settings.call_timeout {
+                    return Err(Error::transient(format!(
+                        "kafka: brokers {} unreachable (metadata request)",
+                        servers(settings)
+                    ))
+                    .with_source(e));
+                }
+            }
+        }
+    };
     Ok(md
         .topics()
         .iter()

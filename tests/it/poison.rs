@@ -125,7 +125,11 @@ async fn bad_rows_are_dead_lettered_exactly_once_with_their_reason() -> Result<(
             true,
         )
         .await?;
-    verify(&written, &received).assert_exactly_once();
+    let verdict = verify(&written, &received);
+    if !verdict.is_exactly_once() {
+        eprintln!("relay logs:\n{}", relay.logs());
+    }
+    verdict.assert_exactly_once();
     let dead = kafka
         .collect(
             std::slice::from_ref(&dlq),
