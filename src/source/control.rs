@@ -69,7 +69,47 @@ pub fn map_sql_error(s: &SourceSettings, what: &str, e: tokio_postgres::Error) -
         }
         return Error::transient(format!("postgres {at}: {what}: {}", db.message())).with_source(e);
     }
+    if let Some(reason) = tls_refusal(&e) {
+        // The certificate (or the TLS setup) is refused: retrying cannot help, a person must act.
+        return Error::config(format!(
+            "postgres {at}: {what}: TLS: {reason} (check postgres.sslrootcert, postgres.sslmode and that postgres.host is a name in the server's certificate)"
+        ))
+        .with_source(e);
+    }
     Error::transient(format!("postgres {at}: {what}")).with_source(e)
+}
+
+/// Why the TLS handshake refused the server for good (its certificate, or no TLS at all where
+/// sslmode requires it), if that is what `e` is; not for transport failures during the handshake.
+fn tls_refusal(e: &tokio_postgres::Error) -> Option<String> {
+    if e.to_string().contains("server does not support TLS") {
+        return Some("the server does not support TLS".into());
+    }
+    let permanent = |r: &rustls::Error| {
+        matches!(
+            r,
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::PeerIncompatible(_)
+                | rustls::Error::NoCertificatesPresented
+        )
+        .then(|| r.to_string())
+    };
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<rustls::Error>() {
+            return permanent(r);
+        }
+        // io::Error::source skips the error it wraps: look at it directly.
+        if let Some(inner) = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return permanent(inner);
+        }
+        source = s.source();
+    }
+    None
 }
 
 impl Control {

@@ -7,6 +7,7 @@
 //! `dev/kafka/pom.xml`, cached in `<repo>/.cache/kafka-<version>/lib` once per clone.
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,6 +25,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::process::{self, ManagedChild};
+use crate::proxy::Proxy;
 use crate::util::{self, free_port, random_suffix, repo_root, wait_until_blocking};
 
 /// Must match `kafka.version` in dev/kafka/pom.xml (passed to mvn with -Dkafka.version).
@@ -31,12 +33,23 @@ pub const KAFKA_VERSION: &str = "4.1.1";
 const READY_DEADLINE: Duration = Duration::from_secs(90);
 
 /// A Kafka broker owned by this process.
+///
+/// Listeners: `PLAINTEXT` ([`Kafka::bootstrap`], what every test uses; also inter-broker), `CONTROLLER`,
+/// `SASL_SSL` ([`Kafka::sasl_ssl_bootstrap`]: SCRAM-SHA-512 with user [`Kafka::SASL_USER`], TLS with the
+/// harness certificate, CA at [`Kafka::ca_path`]) and `PROXIED` (PLAINTEXT, advertised at the port of
+/// [`Kafka::proxy`], so every connection of a client bootstrapped there goes through the proxy).
+/// The `StandardAuthorizer` runs with `allow.everyone.if.no.acl.found=true` and the PLAINTEXT principal
+/// (`User:ANONYMOUS`) as super user: nothing is denied until a test adds an ACL ([`Kafka::add_topic_acl`]).
 #[derive(Debug)]
 pub struct Kafka {
     dir: PathBuf,
     lib_dir: PathBuf,
     port: u16,
     controller_port: u16,
+    sasl_port: u16,
+    proxied_port: u16,
+    proxy: Proxy,
+    ca_path: PathBuf,
     log_path: PathBuf,
     child: Mutex<Option<ManagedChild>>,
     ops: tokio::sync::Mutex<()>,
@@ -46,6 +59,13 @@ static SHARED: OnceLock<Kafka> = OnceLock::new();
 static SHARED_INIT: Mutex<()> = Mutex::new(());
 
 impl Kafka {
+    /// The SCRAM-SHA-512 user of the `SASL_SSL` listener (created when the storage is formatted).
+    pub const SASL_USER: &'static str = "relay";
+    /// [`Kafka::SASL_USER`]'s password.
+    pub const SASL_PASSWORD: &'static str = "relay-scram-harness-pw";
+    /// The SASL mechanism the `SASL_SSL` listener accepts.
+    pub const SASL_MECHANISM: &'static str = "SCRAM-SHA-512";
+
     /// The broker shared by every test of this process, started on first use (blocking; callable from
     /// any thread or runtime). Panics if it cannot start.
     pub fn shared() -> &'static Kafka {
@@ -71,21 +91,41 @@ impl Kafka {
     pub fn start_new() -> Result<Kafka> {
         let lib_dir = ensure_classpath()?;
         let dir = process::new_process_dir("kafka")?;
-        let port = free_port();
-        let mut controller_port = free_port();
-        while controller_port == port {
-            controller_port = free_port();
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 4 {
+            let p = free_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
         }
+        let (port, controller_port, sasl_port, proxied_port) =
+            (ports[0], ports[1], ports[2], ports[3]);
+        // The proxy holds its port from now on; the broker advertises it for the PROXIED listener.
+        let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], proxied_port)))?;
+        let proxy_port = proxy.port();
+        let pki = crate::tls::Pki::shared();
+        let keystore = pki.server.pkcs12.display();
+        let keystore_pw = crate::tls::KEYSTORE_PASSWORD;
         let log_path = dir.join("kafka.log");
         let props = format!(
             "process.roles=broker,controller\n\
              node.id=1\n\
              controller.quorum.voters=1@127.0.0.1:{controller_port}\n\
-             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
-             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
-             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port},SASL_SSL://127.0.0.1:{sasl_port},PROXIED://127.0.0.1:{proxied_port}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_SSL://127.0.0.1:{sasl_port},PROXIED://127.0.0.1:{proxy_port}\n\
+             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,PROXIED:PLAINTEXT\n\
              controller.listener.names=CONTROLLER\n\
              inter.broker.listener.name=PLAINTEXT\n\
+             sasl.enabled.mechanisms=SCRAM-SHA-512\n\
+             listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+             listener.name.sasl_ssl.ssl.keystore.type=PKCS12\n\
+             listener.name.sasl_ssl.ssl.keystore.location={keystore}\n\
+             listener.name.sasl_ssl.ssl.keystore.password={keystore_pw}\n\
+             listener.name.sasl_ssl.ssl.key.password={keystore_pw}\n\
+             listener.name.sasl_ssl.ssl.client.auth=none\n\
+             authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n\
+             allow.everyone.if.no.acl.found=true\n\
+             super.users=User:ANONYMOUS\n\
              log.dirs={logs}\n\
              num.partitions=3\n\
              auto.create.topics.enable=false\n\
@@ -130,6 +170,13 @@ impl Kafka {
             .args(["format", "-t", &cluster_id, "-c"])
             .arg(dir.join("server.properties"))
             .arg("--ignore-formatted")
+            .arg("--add-scram")
+            .arg(format!(
+                "{}=[name={},password={}]",
+                Self::SASL_MECHANISM,
+                Self::SASL_USER,
+                Self::SASL_PASSWORD
+            ))
             .current_dir(&dir)
             .output()
             .context("run kafka.tools.StorageTool")?;
@@ -147,6 +194,10 @@ impl Kafka {
             lib_dir,
             port,
             controller_port,
+            sasl_port,
+            proxied_port,
+            proxy,
+            ca_path: pki.ca_path().to_path_buf(),
             log_path,
             child: Mutex::new(None),
             ops: tokio::sync::Mutex::const_new(()),
@@ -162,6 +213,101 @@ impl Kafka {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `127.0.0.1:<port>` of the SASL_SSL listener (SCRAM-SHA-512, TLS certificate for `localhost` and
+    /// `127.0.0.1` signed by [`Kafka::ca_path`]).
+    pub fn sasl_ssl_bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.sasl_port)
+    }
+
+    /// The CA certificate (PEM) that signed the SASL_SSL listener's certificate (`ssl.ca.location`).
+    pub fn ca_path(&self) -> &Path {
+        &self.ca_path
+    }
+
+    /// The proxy in front of the `PROXIED` listener: bootstrap a client at [`Kafka::proxied_bootstrap`]
+    /// and metadata sends it back to the proxy too, so [`Proxy::cut_all`] / [`Proxy::set_blackhole`]
+    /// hit all its broker connections. Shared by the process: a test that cuts it should be the only
+    /// one using it at the time.
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    /// `127.0.0.1:<proxy port>`: the bootstrap address through [`Kafka::proxy`].
+    pub fn proxied_bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.proxy.port())
+    }
+
+    /// The broker port behind the proxy (the `PROXIED` listener itself).
+    pub fn proxied_listener_port(&self) -> u16 {
+        self.proxied_port
+    }
+
+    /// A client config for the SASL_SSL listener as [`Kafka::SASL_USER`] (add what the client needs).
+    pub fn sasl_ssl_client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.sasl_ssl_bootstrap())
+            .set("security.protocol", "sasl_ssl")
+            .set("sasl.mechanism", Self::SASL_MECHANISM)
+            .set("sasl.username", Self::SASL_USER)
+            .set("sasl.password", Self::SASL_PASSWORD)
+            .set("ssl.ca.location", self.ca_path.display().to_string());
+        c
+    }
+
+    /// Adds a literal topic ACL through the PLAINTEXT listener (whose principal is a super user), e.g.
+    /// `add_topic_acl("User:relay", "WRITE", "DENY", "t_x.booking")`. rust-rdkafka has no
+    /// CreateAcls, so this runs a small Java AdminClient program on the broker's classpath.
+    pub async fn add_topic_acl(
+        &self,
+        principal: &str,
+        operation: &str,
+        permission: &str,
+        topic: &str,
+    ) -> Result<()> {
+        self.acl_command(&["add", principal, operation, permission, topic])
+            .await
+    }
+
+    /// Removes the ACLs [`Kafka::add_topic_acl`] added with the same arguments.
+    pub async fn remove_topic_acl(
+        &self,
+        principal: &str,
+        operation: &str,
+        permission: &str,
+        topic: &str,
+    ) -> Result<()> {
+        self.acl_command(&["remove", principal, operation, permission, topic])
+            .await
+    }
+
+    async fn acl_command(&self, args: &[&str]) -> Result<()> {
+        let source = self.dir.join("HarnessAcl.java");
+        if !source.exists() {
+            std::fs::write(&source, ACL_JAVA)?;
+        }
+        let mut cmd = tokio::process::Command::new("java");
+        cmd.arg("-cp")
+            .arg(format!("{}/*", self.lib_dir.display()))
+            .arg(&source)
+            .arg(self.bootstrap())
+            .args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null());
+        let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+            .await
+            .context("ACL command timed out")?
+            .context("run java HarnessAcl.java")?;
+        if !out.status.success() {
+            bail!(
+                "ACL command {args:?} failed ({}): {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     pub fn controller_port(&self) -> u16 {
@@ -407,6 +553,39 @@ impl Record {
 }
 
 const QUIET: Duration = Duration::from_secs(2);
+
+/// A Java AdminClient program (run by the single-file source launcher): `<bootstrap> add|remove
+/// <principal> <operation> <ALLOW|DENY> <topic>`.
+const ACL_JAVA: &str = r#"
+import java.util.List;
+import java.util.Properties;
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.common.acl.AccessControlEntry;
+import org.apache.kafka.common.acl.AclBinding;
+import org.apache.kafka.common.acl.AclOperation;
+import org.apache.kafka.common.acl.AclPermissionType;
+import org.apache.kafka.common.resource.PatternType;
+import org.apache.kafka.common.resource.ResourcePattern;
+import org.apache.kafka.common.resource.ResourceType;
+
+public class HarnessAcl {
+    public static void main(String[] a) throws Exception {
+        Properties p = new Properties();
+        p.put("bootstrap.servers", a[0]);
+        AclBinding b = new AclBinding(
+            new ResourcePattern(ResourceType.TOPIC, a[5], PatternType.LITERAL),
+            new AccessControlEntry(a[2], "*", AclOperation.fromString(a[3]),
+                AclPermissionType.fromString(a[4])));
+        try (Admin admin = Admin.create(p)) {
+            if (a[1].equals("add")) {
+                admin.createAcls(List.of(b)).all().get();
+            } else {
+                admin.deleteAcls(List.of(b.toFilter())).all().get();
+            }
+        }
+    }
+}
+"#;
 
 fn consume_blocking(
     bootstrap: &str,

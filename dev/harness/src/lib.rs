@@ -11,6 +11,7 @@ pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod relay;
+pub mod tls;
 pub mod util;
 pub mod verify;
 
@@ -21,6 +22,7 @@ pub use postgres::{
 };
 pub use proxy::Proxy;
 pub use relay::{run_cli, RelayConfig, RelayProcess};
+pub use tls::{other_ca, CertificateAuthority, Pki};
 pub use util::{
     exclusive_servers, free_port, random_suffix, repo_root, shared_servers, wait_until,
 };

@@ -29,6 +29,7 @@ pub struct Postgres {
     port: u16,
     password: String,
     log_path: PathBuf,
+    ca_path: PathBuf,
     run_as: Option<(u32, u32)>,
     child: Mutex<Option<ManagedChild>>,
     /// Serializes start/stop operations (tokio's Mutex belongs to no runtime).
@@ -103,6 +104,18 @@ impl Postgres {
         }
         let _ = std::fs::remove_file(&pwfile);
 
+        // TLS with the harness certificate (localhost, 127.0.0.1); the `host` rules below match TLS and
+        // plain connections alike, so clients that do not ask for TLS are served as before.
+        let pki = crate::tls::Pki::shared();
+        let ssl_cert = dir.join("server.crt");
+        let ssl_key = dir.join("server.key");
+        std::fs::copy(&pki.server.cert, &ssl_cert).context("copy the server certificate")?;
+        std::fs::copy(&pki.server.key, &ssl_key).context("copy the server key")?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&ssl_key, std::fs::Permissions::from_mode(0o600))?;
+        }
+
         let port = free_port();
         let conf = format!(
             "\n# outbox-relay harness\n\
@@ -121,8 +134,13 @@ impl Postgres {
              logging_collector = off\n\
              log_line_prefix = '%m [%p] %q%u@%d '\n\
              log_min_messages = info\n\
-             log_connections = off\n",
-            dir = dir.display()
+             log_connections = off\n\
+             ssl = on\n\
+             ssl_cert_file = '{cert}'\n\
+             ssl_key_file = '{key}'\n",
+            dir = dir.display(),
+            cert = ssl_cert.display(),
+            key = ssl_key.display()
         );
         append(&data_dir.join("postgresql.conf"), &conf)?;
         std::fs::write(
@@ -136,6 +154,7 @@ impl Postgres {
 
         let pg = Postgres {
             log_path: dir.join("postgres.log"),
+            ca_path: pki.ca_path().to_path_buf(),
             dir,
             data_dir,
             bin_dir,
@@ -167,6 +186,12 @@ impl Postgres {
 
     pub fn log_path(&self) -> &Path {
         &self.log_path
+    }
+
+    /// The CA certificate (PEM) that signed the server's certificate (SANs `localhost`, `127.0.0.1`):
+    /// `postgres.sslrootcert` for `sslmode = verify-ca / verify-full`.
+    pub fn ca_path(&self) -> &Path {
+        &self.ca_path
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -372,6 +397,24 @@ impl TestDb {
             .application_name("outbox-relay-harness")
             .connect_timeout(Duration::from_secs(10));
         cfg
+    }
+
+    /// Creates another login role `name` (cluster-wide) with `password` and the relay role's rights on
+    /// this database (LOGIN REPLICATION, USAGE on public, SELECT on public.outbox): for tests that need a
+    /// password of their own without touching the shared `outbox_relay` role.
+    pub async fn create_relay_login(&self, name: &str, password: &str) -> Result<()> {
+        let _serial = SQL_APPLY.lock().await;
+        let client = self.client().await?;
+        let quoted = password.replace('\'', "''");
+        client
+            .batch_execute(&format!(
+                "CREATE ROLE {name} LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{quoted}'; \
+                 GRANT USAGE ON SCHEMA public TO {name}; \
+                 GRANT SELECT ON public.outbox TO {name};"
+            ))
+            .await
+            .with_context(|| format!("create role {name} in {}", self.name))?;
+        Ok(())
     }
 
     /// Applies every `sql/*.sql` in name order (idempotent files: applying twice is a test), then sets

@@ -32,8 +32,14 @@ pub struct Proxy {
 impl Proxy {
     /// Starts forwarding 127.0.0.1:<free port> to `target`.
     pub fn start(target: SocketAddr) -> Result<Proxy> {
-        let std_listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("bind the proxy listener")?;
+        Self::start_on(0, target)
+    }
+
+    /// Starts forwarding 127.0.0.1:`port` to `target` (`port` 0: any free port). A fixed port lets a
+    /// server advertise the proxy's address before the proxy's target is up (Kafka's `PROXIED` listener).
+    pub fn start_on(port: u16, target: SocketAddr) -> Result<Proxy> {
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", port))
+            .with_context(|| format!("bind the proxy listener on 127.0.0.1:{port}"))?;
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
         let controls = Arc::new(Controls {
