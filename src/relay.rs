@@ -21,7 +21,7 @@
 //! standby) or stop. A new session re-reads the checkpoint, so an aborted Kafka transaction is
 //! simply replayed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -296,13 +296,22 @@ async fn session(
     *made_progress = true;
     let current = live.borrow_and_update().clone();
 
+    let meta = blocking(|| sink::MetadataClient::new(&sink_settings))?;
+    let max_record_bytes = sink_settings.max_record_bytes();
     let mut pipe = Pipeline {
         settings,
         control,
         poisoned,
         topics: HashMap::new(),
         stream,
-        sink,
+        sink: Some(sink),
+        meta,
+        in_flight: None,
+        backlog: VecDeque::new(),
+        backlog_bytes: 0,
+        txn_records: 0,
+        stop_after: None,
+        max_record_bytes,
         decoder: OutboxDecoder::new(&src.table_schema, &src.table_name, settings.columns.clone()),
         router: Router::new(current.router),
         batch: current.batch,
@@ -320,10 +329,14 @@ async fn session(
     };
     let result = pipe.run(shutdown).await;
     if result.is_err() {
-        if pipe.sink.in_transaction() {
-            status.metrics.aborted();
+        if let Some(sink) = pipe.sink.as_mut() {
+            if sink.in_transaction() {
+                status.metrics.aborted();
+            }
+            blocking(|| sink.abort());
         }
-        blocking(|| pipe.sink.abort());
+        // A commit still in flight finishes (or fails) on its own thread; the next session's
+        // init_transactions fences it either way.
     }
     let Pipeline { stream, .. } = pipe;
     stream.close().await;
@@ -357,6 +370,26 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Longest an idle pipeline loop goes without a turn (each turn ticks the watchdog).
 const TURN: Duration = Duration::from_millis(500);
 
+/// A Kafka commit running on a blocking thread, and what it will make true once it returns Ok.
+struct InFlight {
+    handle: tokio::task::JoinHandle<(Sink, Result<()>)>,
+    checkpoint: Checkpoint,
+    stats: TxnStats,
+    events: u64,
+}
+
+/// A step decided while a commit was running.
+enum Item {
+    /// A record for the next transaction, with its event id (to name it if it is refused).
+    Record(Record, Option<String>),
+    /// A commit decided after the records before it.
+    Commit(Checkpoint, TxnStats, u64),
+}
+
+/// Most records held back while a commit runs (memory bound).
+const BACKLOG_RECORDS: usize = 20_000;
+const BACKLOG_BYTES: u64 = 16 * 1024 * 1024;
+
 struct Pipeline<'a> {
     settings: &'a RelaySettings,
     control: Control,
@@ -364,7 +397,22 @@ struct Pipeline<'a> {
     /// Topics checked against cluster metadata: Ok, or why records cannot go there (and when).
     topics: HashMap<Arc<str>, (Result<(), sink::Refusal>, Instant)>,
     stream: Stream,
-    sink: Sink,
+    /// The producer; `None` while a commit runs on a blocking thread.
+    sink: Option<Sink>,
+    /// Cluster metadata (topic checks), usable while the producer commits.
+    meta: sink::MetadataClient,
+    /// The Kafka commit running now, if any.
+    in_flight: Option<InFlight>,
+    /// What was decided while a commit ran: records of the next Kafka transaction, and commits,
+    /// in order. Bounded: the stream is not read while it is full.
+    backlog: VecDeque<Item>,
+    backlog_bytes: u64,
+    /// Records in the Kafka transaction being assembled (in the producer or the backlog).
+    txn_records: u64,
+    /// A bad row with `on_error = "stop"`: finish what is decided, then end with this error.
+    stop_after: Option<Error>,
+    /// Records larger than this are refused by the producer (`message.max.bytes`).
+    max_record_bytes: u64,
     decoder: OutboxDecoder,
     router: Router,
     /// Batch limits in force (reloadable).
@@ -405,14 +453,26 @@ impl Pipeline<'_> {
                 tracing::warn!("test hook OUTBOX_RELAY_TEST_STALL_AFTER_READY: the pipeline loop stops turning");
                 std::future::pending::<()>().await;
             }
+            if self.stop_after.is_some() && self.in_flight.is_none() && self.backlog.is_empty() {
+                return Err(self
+                    .stop_after
+                    .take()
+                    .unwrap_or_else(|| Error::internal("stop")));
+            }
             let commit_due = self
                 .txn_opened_at
-                .filter(|_| self.cur.is_none())
+                .filter(|_| self.cur.is_none() && self.stop_after.is_none())
                 .map(|t| t + batch.max_delay);
             let idle_due = (self.cur.is_none()
-                && !self.sink.in_transaction()
+                && self.txn_records == 0
+                && self.in_flight.is_none()
+                && self.backlog.is_empty()
+                && self.stop_after.is_none()
                 && self.pending_resume > self.resume_lsn)
                 .then(|| self.last_commit_at + batch.idle_checkpoint);
+            let reading = self.stop_after.is_none()
+                && self.backlog.len() < BACKLOG_RECORDS
+                && self.backlog_bytes < BACKLOG_BYTES;
             // Priority order: shutdown, then a due commit (latency), then the stream, then idle
             // checkpoints.
             tokio::select! {
@@ -427,13 +487,20 @@ impl Pipeline<'_> {
                         Err(_) => live_open = false,
                     }
                 }
+                // A commit returned: acknowledge, then produce what waited for it.
+                done = wait_in_flight(&mut self.in_flight), if self.in_flight.is_some() => {
+                    self.commit_done(done)?;
+                }
                 _ = sleep_until(commit_due), if commit_due.is_some() => {
                     self.commit(None)?;
                 }
-                ev = self.stream.recv(&self.settings.source) => {
+                ev = self.stream.recv(&self.settings.source), if reading => {
                     self.handle(ev?)?;
                     // Take what is already buffered without yielding to the timers each time.
                     for _ in 0..256 {
+                        if self.stop_after.is_some() {
+                            break;
+                        }
                         match futures::FutureExt::now_or_never(self.stream.recv(&self.settings.source)) {
                             Some(ev) => self.handle(ev?)?,
                             None => break,
@@ -511,14 +578,27 @@ impl Pipeline<'_> {
     /// Shutdown: commit what is open (as a partial checkpoint when inside a Postgres
     /// transaction), acknowledge, return.
     async fn drain(&mut self) -> Result<()> {
-        if self.sink.in_transaction() {
+        if self.txn_records > 0 && self.stop_after.is_none() {
             let partial = self.cur.and_then(partial_of);
             self.commit(partial)?;
+        }
+        self.settle().await?;
+        if let Some(e) = self.stop_after.take() {
+            return Err(e);
         }
         tracing::info!(
             resume_lsn = %lsn::format(self.resume_lsn),
             "drained: everything received is committed in Kafka and acknowledged"
         );
+        Ok(())
+    }
+
+    /// Waits until every decided commit returned and nothing waits in the backlog.
+    async fn settle(&mut self) -> Result<()> {
+        while self.in_flight.is_some() {
+            let done = wait_in_flight(&mut self.in_flight).await;
+            self.commit_done(done)?;
+        }
         Ok(())
     }
 
@@ -571,8 +651,9 @@ impl Pipeline<'_> {
                 // At a commit boundary: cut the Kafka transaction when it is full or old enough
                 // (checked here too, not only by the timer, so a steady stream of small
                 // transactions still commits every max_delay).
-                if self.sink.in_transaction()
-                    && (self.sink.records_in_transaction() >= self.batch.max_events
+                if self.txn_records > 0
+                    && self.stop_after.is_none()
+                    && (self.txn_records >= self.batch.max_events
                         || self.txn_bytes >= self.batch.max_bytes
                         || self
                             .txn_opened_at
@@ -590,10 +671,7 @@ impl Pipeline<'_> {
                 // Between transactions, everything before the server's sent position has been
                 // received: while nothing is open, that position may be checkpointed (as
                 // Postgres' own apply worker reports it), so an idle outbox never pins WAL.
-                if self.cur.is_none()
-                    && !self.sink.in_transaction()
-                    && wal_end > self.pending_resume
-                {
+                if self.cur.is_none() && self.txn_records == 0 && wal_end > self.pending_resume {
                     self.pending_resume = wal_end;
                 }
             }
@@ -693,7 +771,7 @@ impl Pipeline<'_> {
                 }
                 // Split a big Postgres transaction: commit what is queued, with a partial
                 // checkpoint that says how many of its changes are published.
-                if self.sink.records_in_transaction() >= self.batch.split_events {
+                if self.txn_records >= self.batch.split_events && self.stop_after.is_none() {
                     self.commit(Some(Partial {
                         final_lsn: cur.final_lsn,
                         xid: cur.xid,
@@ -726,16 +804,53 @@ impl Pipeline<'_> {
             return self.bad_row(reason, detail, pos, event_id, key, value);
         }
         let size = record_size(&rec);
-        match self.sink.send(&rec) {
-            Ok(()) => {
-                self.opened();
-                self.txn_bytes += size;
-                self.stats.published(&rec.topic);
-                self.status.events_published.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+        if size > self.max_record_bytes {
+            return self.bad_row(
+                "record_too_large",
+                format!(
+                    "record of {size} bytes is larger than the producer's message.max.bytes ({})",
+                    self.max_record_bytes
+                ),
+                pos,
+                event_id,
+                key,
+                value,
+            );
+        }
+        self.stats.published(&rec.topic);
+        self.status.events_published.fetch_add(1, Ordering::Relaxed);
+        self.enqueue(rec, event_id.map(str::to_string), size)
+    }
+
+    /// Queues a record in the Kafka transaction being assembled: straight into the producer, or
+    /// into the backlog while a commit runs (records must never join a transaction whose
+    /// checkpoint was already decided).
+    fn enqueue(&mut self, rec: Record, event_id: Option<String>, size: u64) -> Result<()> {
+        self.opened();
+        self.txn_records += 1;
+        self.txn_bytes += size;
+        if self.in_flight.is_some() || !self.backlog.is_empty() {
+            self.backlog_bytes += size;
+            self.backlog.push_back(Item::Record(rec, event_id));
+            return Ok(());
+        }
+        self.produce(&rec, event_id)
+    }
+
+    fn produce(&mut self, rec: &Record, event_id: Option<String>) -> Result<()> {
+        let Some(sink) = self.sink.as_mut() else {
+            return Err(Error::internal("producer missing outside a commit"));
+        };
+        match sink.send(rec) {
+            Ok(()) => Ok(()),
+            // Refused by the producer although it passed the size check: replay the transaction
+            // and dead-letter the row then (or stop), as for a record the broker refuses.
             Err(SendError::Rejected { reason, detail }) => {
-                self.bad_row(reason, detail, pos, event_id, key, value)
+                self.poison(event_id, reason, format!("topic {}: {detail}", rec.topic))?;
+                Err(Error::transient(format!(
+                    "kafka: the producer refused a record for {} ({reason}); replaying to dead-letter it",
+                    rec.topic
+                )))
             }
             Err(SendError::Session(e)) => Err(e),
         }
@@ -756,21 +871,23 @@ impl Pipeline<'_> {
             OnError::Stop => {
                 // Publish everything before the bad row (a split at this row), acknowledge up to
                 // the end of the last whole transaction, and stop: a restart begins at this row.
-                if self.sink.in_transaction() {
+                if self.txn_records > 0 {
                     let partial = self.cur.and_then(|mut c| {
                         c.index -= 1;
                         (c.index > 0).then_some(c).and_then(partial_of)
                     });
                     self.commit(partial)?;
                 }
-                Err(Error::new(
+                // Stop reading; the loop ends with this error once the commit returned.
+                self.stop_after = Some(Error::new(
                 Kind::BadRow,
                 format!(
                     "outbox row {id} at {} (xid {}) cannot be published: {reason}: {detail} (errors.on_error = \"stop\"; fix the row or the configuration, then start again: nothing past it was acknowledged)",
                     lsn::format(pos.lsn),
                     pos.xid
                 ),
-            ))
+            ));
+                Ok(())
             }
             OnError::DeadLetter(topic) => {
                 tracing::warn!(
@@ -806,28 +923,20 @@ impl Pipeline<'_> {
                     headers,
                 };
                 let size = record_size(&rec);
-                match self.sink.send(&rec) {
-                    Ok(()) => {
-                        self.opened();
-                        self.txn_bytes += size;
-                        self.stats.dead_lettered();
-                        self.status
-                            .events_dead_lettered
-                            .fetch_add(1, Ordering::Relaxed);
-                        Ok(())
-                    }
-                    Err(SendError::Rejected {
-                        reason: r2,
-                        detail: d2,
-                    }) => Err(Error::new(
+                if size > self.max_record_bytes {
+                    return Err(Error::new(
                         Kind::BadRow,
                         format!(
-                            "outbox row {id} at {} could not be dead-lettered either ({r2}: {d2})",
+                            "outbox row {id} at {} could not be dead-lettered either: {size} bytes of headers",
                             lsn::format(pos.lsn)
                         ),
-                    )),
-                    Err(SendError::Session(e)) => Err(e),
+                    ));
                 }
+                self.stats.dead_lettered();
+                self.status
+                    .events_dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
+                self.enqueue(rec, event_id.map(str::to_string), size)
             }
         }
     }
@@ -841,8 +950,8 @@ impl Pipeline<'_> {
                 return Ok(verdict.clone());
             }
         }
-        let sink = &self.sink;
-        let verdict = blocking(|| sink.topic_status(topic))?;
+        let meta = &self.meta;
+        let verdict = blocking(|| meta.topic_status(topic))?;
         self.topics
             .insert(topic.clone(), (verdict.clone(), Instant::now()));
         Ok(verdict)
@@ -854,42 +963,131 @@ impl Pipeline<'_> {
         }
     }
 
-    /// Produces the checkpoint, commits, and only then acknowledges.
+    /// Decides a commit of everything assembled so far, with this checkpoint: starts it now on a
+    /// blocking thread, or queues it behind the running one. Reading goes on meanwhile; records
+    /// from now on belong to the next Kafka transaction. Postgres is acknowledged only when the
+    /// commit returned Ok ([`Pipeline::commit_done`]).
     fn commit(&mut self, partial: Option<Partial>) -> Result<()> {
-        let resume = self.pending_resume.max(self.resume_lsn);
-        let cp = Checkpoint {
-            resume_lsn: resume,
+        let checkpoint = Checkpoint {
+            resume_lsn: self.pending_resume.max(self.resume_lsn),
             partial,
         };
-        let events = self.sink.records_in_transaction();
-        let sink = &mut self.sink;
-        if let Err(e) = blocking(|| sink.commit(&cp)) {
-            self.remember_refused_record()?;
-            return Err(e);
-        }
-        self.resume_lsn = resume;
-        self.stream.ack(resume);
-        self.txn_opened_at = None;
-        self.txn_bytes = 0;
-        self.last_commit_at = Instant::now();
         // A split Postgres transaction: what of it this commit holds counts from now.
         if let Some(cur) = self.cur {
             self.stats.pg_commit(cur.commit_ts_micros);
         }
-        self.status.committed(&mut self.stats, resume);
-        tracing::debug!(events, resume_lsn = %lsn::format(resume), partial = ?partial, "committed");
+        let stats = std::mem::take(&mut self.stats);
+        let events = self.txn_records;
+        self.txn_records = 0;
+        self.txn_bytes = 0;
+        self.txn_opened_at = None;
+        if self.in_flight.is_some() || !self.backlog.is_empty() {
+            self.backlog
+                .push_back(Item::Commit(checkpoint, stats, events));
+            return Ok(());
+        }
+        self.start_commit(checkpoint, stats, events)
+    }
+
+    fn start_commit(&mut self, checkpoint: Checkpoint, stats: TxnStats, events: u64) -> Result<()> {
+        let Some(mut sink) = self.sink.take() else {
+            return Err(Error::internal("producer missing when a commit starts"));
+        };
+        let cp = checkpoint.clone();
+        let handle = tokio::task::spawn_blocking(move || {
+            let result = sink.commit(&cp);
+            (sink, result)
+        });
+        self.in_flight = Some(InFlight {
+            handle,
+            checkpoint,
+            stats,
+            events,
+        });
+        Ok(())
+    }
+
+    /// A commit returned: on Ok acknowledge its checkpoint and produce what waited in the
+    /// backlog (up to the next decided commit, which then starts).
+    fn commit_done(&mut self, done: Result<(Sink, Result<()>, InFlight)>) -> Result<()> {
+        let (sink, result, mut flight) = done?;
+        self.sink = Some(sink);
+        if let Err(e) = result {
+            if let Some(failure) = self.sink.as_ref().and_then(|s| s.delivery_failure()) {
+                self.remember_refused_record(failure)?;
+            }
+            return Err(e);
+        }
+        let resume = flight.checkpoint.resume_lsn;
+        self.resume_lsn = resume;
+        self.stream.ack(resume);
+        self.last_commit_at = Instant::now();
+        self.status.committed(&mut flight.stats, resume);
+        tracing::debug!(
+            events = flight.events,
+            resume_lsn = %lsn::format(resume),
+            partial = ?flight.checkpoint.partial,
+            "committed"
+        );
+        while let Some(item) = self.backlog.pop_front() {
+            match item {
+                Item::Record(rec, event_id) => {
+                    self.backlog_bytes = self.backlog_bytes.saturating_sub(record_size(&rec));
+                    self.produce(&rec, event_id)?;
+                }
+                Item::Commit(checkpoint, stats, events) => {
+                    return self.start_commit(checkpoint, stats, events);
+                }
+            }
+        }
+        self.backlog_bytes = 0;
         Ok(())
     }
 }
 
+/// Waits for the running commit (cancel-safe: the handle stays in place until it completed).
+async fn wait_in_flight(in_flight: &mut Option<InFlight>) -> Result<(Sink, Result<()>, InFlight)> {
+    let Some(flight) = in_flight.as_mut() else {
+        return std::future::pending().await;
+    };
+    let joined = (&mut flight.handle).await;
+    let flight = in_flight
+        .take()
+        .ok_or_else(|| Error::internal("commit vanished"))?;
+    match joined {
+        Ok((sink, result)) => Ok((sink, result, flight)),
+        Err(e) => Err(Error::internal("the Kafka commit thread panicked").with_source(e)),
+    }
+}
+
 impl Pipeline<'_> {
+    /// A record the producer refused: remember it for the replay.
+    fn poison(
+        &mut self,
+        event_id: Option<String>,
+        reason: &'static str,
+        detail: String,
+    ) -> Result<()> {
+        let Some(event_id) = event_id else {
+            return Err(Error::new(
+                Kind::BadRow,
+                format!("kafka: a record without an event id was refused: {detail}"),
+            ));
+        };
+        if self.poisoned.ids.contains_key(&event_id) {
+            return Err(Error::new(
+                Kind::BadRow,
+                format!("outbox row {event_id}: its dead-letter record was refused too ({detail})"),
+            ));
+        }
+        self.poisoned.ids.insert(event_id, (reason, detail));
+        Ok(())
+    }
+
     /// After a failed commit: if the broker refused one record for a reason that retrying cannot
     /// fix, remember its event id so the replay dead-letters it. A record refused again after that
     /// (its dead-letter record too) stops the relay.
-    fn remember_refused_record(&mut self) -> Result<()> {
-        let Some(failure) = self.sink.delivery_failure() else {
-            return Ok(());
-        };
+    fn remember_refused_record(&mut self, failure: sink::DeliveryFailure) -> Result<()> {
         let Some(reason) = sink::permanent_reason(failure.code) else {
             return Ok(());
         };

@@ -554,15 +554,43 @@ pub fn permanent_reason(code: Option<RDKafkaErrorCode>) -> Option<&'static str> 
     })
 }
 
-impl Sink {
+/// A plain (non-transactional) client for cluster metadata, so topics can be checked while the
+/// producer is busy committing.
+pub struct MetadataClient {
+    client: rdkafka::producer::BaseProducer,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for MetadataClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetadataClient").finish_non_exhaustive()
+    }
+}
+
+impl MetadataClient {
+    /// Creates the client (no connection is made until the first request).
+    pub fn new(settings: &SinkSettings) -> Result<Self> {
+        let mut cc = ClientConfig::new();
+        for (k, v) in &settings.client_props {
+            cc.set(k, v);
+        }
+        let client = cc
+            .create()
+            .map_err(|e| Error::config(format!("kafka: cannot create a metadata client: {e}")))?;
+        Ok(Self {
+            client,
+            timeout: settings.call_timeout,
+        })
+    }
+
     /// Whether records can be written to `topic`, from cluster metadata: `Err((reason, detail))`
     /// for a topic that does not exist or that we may not write (a poison row, not a session
     /// failure). Blocks.
     pub fn topic_status(&self, topic: &str) -> Result<std::result::Result<(), Refusal>> {
         let md = self
-            .producer
+            .client
             .client()
-            .fetch_metadata(Some(topic), self.settings.call_timeout)
+            .fetch_metadata(Some(topic), self.timeout)
             .map_err(|e| {
                 Error::transient(format!("kafka: metadata request for topic {topic:?}"))
                     .with_source(e)
@@ -589,6 +617,18 @@ impl Sink {
                 }
             }
         }
+    }
+}
+
+impl SinkSettings {
+    /// The producer's `message.max.bytes` (librdkafka's default 1000000 unless passed through):
+    /// larger records are refused before they are queued.
+    pub fn max_record_bytes(&self) -> u64 {
+        self.client_props
+            .iter()
+            .find(|(k, _)| k == "message.max.bytes")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(1_000_000)
     }
 }
 

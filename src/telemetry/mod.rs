@@ -265,7 +265,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<LogLevelHandle, String> {
     })
 }
 
-/// Test hook (documented in docs/README-service.md): `OUTBOX_RELAY_TEST_STALL_AFTER_READY=<seconds>`
+/// Test hook (documented in the README, "Test hook"): `OUTBOX_RELAY_TEST_STALL_AFTER_READY=<seconds>`
 /// makes `Pipeline::run` stop turning that long after it started, as a deadlocked pipeline would,
 /// so tests can see the systemd watchdog go unfed. Never set it in production.
 pub fn test_stall_deadline() -> Option<Instant> {

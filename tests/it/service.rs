@@ -367,13 +367,17 @@ async fn alert_rules_and_dashboard_name_only_exported_metrics() -> Result<()> {
             "ops/alerts.yml names {name}, which the relay does not export"
         );
     }
-    let runbook = std::fs::read_to_string(root.join("docs/README-service.md"))?;
+    let readme = std::fs::read_to_string(root.join("README.md"))?;
+    let runbook = readme
+        .split("## Alerts and runbook")
+        .nth(1)
+        .context("README has no \"## Alerts and runbook\" section")?;
     for alert in rules_text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert:"))
     {
         ensure!(
-            runbook.contains(alert.trim()),
+            runbook.contains(&format!("### {}", alert.trim())),
             "no runbook entry for {alert}"
         );
     }
