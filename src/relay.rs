@@ -376,6 +376,7 @@ struct InFlight {
     checkpoint: Checkpoint,
     stats: TxnStats,
     events: u64,
+    started: Instant,
 }
 
 /// A step decided while a commit was running.
@@ -388,7 +389,7 @@ enum Item {
 
 /// Most records held back while a commit runs (memory bound).
 const BACKLOG_RECORDS: usize = 20_000;
-const BACKLOG_BYTES: u64 = 16 * 1024 * 1024;
+const BACKLOG_BYTES: u64 = 8 * 1024 * 1024;
 
 struct Pipeline<'a> {
     settings: &'a RelaySettings,
@@ -459,9 +460,13 @@ impl Pipeline<'_> {
                     .take()
                     .unwrap_or_else(|| Error::internal("stop")));
             }
+            // While a commit runs, the next transaction keeps growing and is decided only once
+            // it returned: slow commits then mean bigger transactions, not a queue of commits.
             let commit_due = self
                 .txn_opened_at
-                .filter(|_| self.cur.is_none() && self.stop_after.is_none())
+                .filter(|_| {
+                    self.cur.is_none() && self.stop_after.is_none() && self.in_flight.is_none()
+                })
                 .map(|t| t + batch.max_delay);
             let idle_due = (self.cur.is_none()
                 && self.txn_records == 0
@@ -472,7 +477,8 @@ impl Pipeline<'_> {
                 .then(|| self.last_commit_at + batch.idle_checkpoint);
             let reading = self.stop_after.is_none()
                 && self.backlog.len() < BACKLOG_RECORDS
-                && self.backlog_bytes < BACKLOG_BYTES;
+                && self.backlog_bytes < BACKLOG_BYTES
+                && !(self.in_flight.is_some() && self.txn_records >= batch.max_events);
             // Priority order: shutdown, then a due commit (latency), then the stream, then idle
             // checkpoints.
             tokio::select! {
@@ -653,6 +659,7 @@ impl Pipeline<'_> {
                 // transactions still commits every max_delay).
                 if self.txn_records > 0
                     && self.stop_after.is_none()
+                    && self.in_flight.is_none()
                     && (self.txn_records >= self.batch.max_events
                         || self.txn_bytes >= self.batch.max_bytes
                         || self
@@ -1003,6 +1010,7 @@ impl Pipeline<'_> {
             checkpoint,
             stats,
             events,
+            started: Instant::now(),
         });
         Ok(())
     }
@@ -1025,6 +1033,7 @@ impl Pipeline<'_> {
         self.status.committed(&mut flight.stats, resume);
         tracing::debug!(
             events = flight.events,
+            commit_ms = flight.started.elapsed().as_millis() as u64,
             resume_lsn = %lsn::format(resume),
             partial = ?flight.checkpoint.partial,
             "committed"
@@ -1041,6 +1050,18 @@ impl Pipeline<'_> {
             }
         }
         self.backlog_bytes = 0;
+        // What grew while the commit ran may be due already (at a Postgres commit boundary).
+        if self.cur.is_none()
+            && self.stop_after.is_none()
+            && self.txn_records > 0
+            && (self.txn_records >= self.batch.max_events
+                || self.txn_bytes >= self.batch.max_bytes
+                || self
+                    .txn_opened_at
+                    .is_some_and(|t| t.elapsed() >= self.batch.max_delay))
+        {
+            self.commit(None)?;
+        }
         Ok(())
     }
 }

@@ -189,7 +189,11 @@ fn producer_config(settings: &SinkSettings) -> ClientConfig {
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "100000")
-        .set("queue.buffering.max.kbytes", "32768");
+        .set("queue.buffering.max.kbytes", "16384")
+        // The first record of a transaction needs AddPartitionsToTxn, which the coordinator answers
+        // CONCURRENT_TRANSACTIONS until the previous commit's markers are written; librdkafka
+        // retries after retry.backoff.ms (default 100 ms), which then dominates every commit.
+        .set("retry.backoff.ms", "10");
     for (k, v) in &settings.client_props {
         cc.set(k, v);
     }
