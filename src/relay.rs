@@ -381,8 +381,8 @@ struct InFlight {
 
 /// A step decided while a commit was running.
 enum Item {
-    /// A record for the next transaction, with its event id (to name it if it is refused).
-    Record(Record, Option<String>),
+    /// A record for the next transaction.
+    Record(Record),
     /// A commit decided after the records before it.
     Commit(Checkpoint, TxnStats, u64),
 }
@@ -718,32 +718,29 @@ impl Pipeline<'_> {
                 };
                 match self.decoder.insert(relation_id, tuple) {
                     Ok(row) => {
-                        let event_id = row.id.clone();
-                        let key = Bytes::from(row.aggregate_id.clone());
-                        let payload = row.payload.clone();
-                        if let Some((reason, detail)) = self.poisoned.ids.get(&event_id).cloned() {
+                        // Nothing is copied per row: a refused row comes back whole.
+                        let refused = match self.poisoned.ids.get(row.id.as_str()) {
+                            Some((reason, detail)) => Some((*reason, detail.clone(), row)),
+                            None => match self.router.route(row, &pos) {
+                                Ok(rec) => {
+                                    self.send(rec, &pos)?;
+                                    None
+                                }
+                                Err(failed) => {
+                                    let (RouteError { reason, detail }, row) = *failed;
+                                    Some((reason, detail, row))
+                                }
+                            },
+                        };
+                        if let Some((reason, detail, row)) = refused {
                             self.bad_row(
                                 reason,
                                 detail,
                                 &pos,
-                                Some(&event_id),
-                                Some(key),
-                                payload,
+                                Some(&row.id),
+                                Some(Bytes::from(row.aggregate_id)),
+                                row.payload,
                             )?;
-                        } else {
-                            match self.router.route(row, &pos) {
-                                Ok(rec) => {
-                                    self.send(rec, &pos, Some(&event_id), Some(key), payload)?
-                                }
-                                Err(RouteError { reason, detail }) => self.bad_row(
-                                    reason,
-                                    detail,
-                                    &pos,
-                                    Some(&event_id),
-                                    Some(key),
-                                    payload,
-                                )?,
-                            }
                         }
                     }
                     Err(InsertError::Row(e)) => {
@@ -799,52 +796,44 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    fn send(
-        &mut self,
-        rec: Record,
-        pos: &Position,
-        event_id: Option<&str>,
-        key: Option<Bytes>,
-        value: Bytes,
-    ) -> Result<()> {
-        if let Err((reason, detail)) = self.check_topic(&rec.topic)? {
-            return self.bad_row(reason, detail, pos, event_id, key, value);
-        }
+    fn send(&mut self, rec: Record, pos: &Position) -> Result<()> {
         let size = record_size(&rec);
-        if size > self.max_record_bytes {
-            return self.bad_row(
+        let refusal = match self.check_topic(&rec.topic)? {
+            Err(refusal) => Some(refusal),
+            Ok(()) if size > self.max_record_bytes => Some((
                 "record_too_large",
                 format!(
                     "record of {size} bytes is larger than the producer's message.max.bytes ({})",
                     self.max_record_bytes
                 ),
-                pos,
-                event_id,
-                key,
-                value,
-            );
+            )),
+            Ok(()) => None,
+        };
+        if let Some((reason, detail)) = refusal {
+            let event_id = event_id_of(&rec);
+            return self.bad_row(reason, detail, pos, event_id.as_deref(), rec.key, rec.value);
         }
         self.stats.published(&rec.topic);
         self.status.events_published.fetch_add(1, Ordering::Relaxed);
-        self.enqueue(rec, event_id.map(str::to_string), size)
+        self.enqueue(rec, size)
     }
 
     /// Queues a record in the Kafka transaction being assembled: straight into the producer, or
     /// into the backlog while a commit runs (records must never join a transaction whose
     /// checkpoint was already decided).
-    fn enqueue(&mut self, rec: Record, event_id: Option<String>, size: u64) -> Result<()> {
+    fn enqueue(&mut self, rec: Record, size: u64) -> Result<()> {
         self.opened();
         self.txn_records += 1;
         self.txn_bytes += size;
         if self.in_flight.is_some() || !self.backlog.is_empty() {
             self.backlog_bytes += size;
-            self.backlog.push_back(Item::Record(rec, event_id));
+            self.backlog.push_back(Item::Record(rec));
             return Ok(());
         }
-        self.produce(&rec, event_id)
+        self.produce(&rec)
     }
 
-    fn produce(&mut self, rec: &Record, event_id: Option<String>) -> Result<()> {
+    fn produce(&mut self, rec: &Record) -> Result<()> {
         let Some(sink) = self.sink.as_mut() else {
             return Err(Error::internal("producer missing outside a commit"));
         };
@@ -853,7 +842,11 @@ impl Pipeline<'_> {
             // Refused by the producer although it passed the size check: replay the transaction
             // and dead-letter the row then (or stop), as for a record the broker refuses.
             Err(SendError::Rejected { reason, detail }) => {
-                self.poison(event_id, reason, format!("topic {}: {detail}", rec.topic))?;
+                self.poison(
+                    event_id_of(rec),
+                    reason,
+                    format!("topic {}: {detail}", rec.topic),
+                )?;
                 Err(Error::transient(format!(
                     "kafka: the producer refused a record for {} ({reason}); replaying to dead-letter it",
                     rec.topic
@@ -943,7 +936,7 @@ impl Pipeline<'_> {
                 self.status
                     .events_dead_lettered
                     .fetch_add(1, Ordering::Relaxed);
-                self.enqueue(rec, event_id.map(str::to_string), size)
+                self.enqueue(rec, size)
             }
         }
     }
@@ -1040,9 +1033,9 @@ impl Pipeline<'_> {
         );
         while let Some(item) = self.backlog.pop_front() {
             match item {
-                Item::Record(rec, event_id) => {
+                Item::Record(rec) => {
                     self.backlog_bytes = self.backlog_bytes.saturating_sub(record_size(&rec));
-                    self.produce(&rec, event_id)?;
+                    self.produce(&rec)?;
                 }
                 Item::Commit(checkpoint, stats, events) => {
                     return self.start_commit(checkpoint, stats, events);
@@ -1153,6 +1146,14 @@ fn partial_of(cur: CurTxn) -> Option<Partial> {
         xid: cur.xid,
         next_index: cur.index.max(cur.skip_through),
     })
+}
+
+/// The record's `event_id` header (routed and dead-letter records both carry one when known).
+fn event_id_of(rec: &Record) -> Option<String> {
+    rec.headers
+        .iter()
+        .find(|(k, _)| k == "event_id")
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
 }
 
 fn record_size(rec: &Record) -> u64 {

@@ -45,6 +45,9 @@ pub struct Record {
     pub headers: Vec<(Cow<'static, str>, Bytes)>,
 }
 
+/// One Kafka header: name and value.
+pub type Header = (Cow<'static, str>, Bytes);
+
 /// Where a row sits in the Postgres stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
@@ -168,18 +171,18 @@ impl Router {
         }
     }
 
-    /// Routes one row.
-    pub fn route(&mut self, row: OutboxRow, pos: &Position) -> Result<Record, RouteError> {
-        let topic = self.topic(&row.aggregate_type)?;
-        if !JSON_OIDS.contains(&row.payload_type_oid)
-            && serde_json::from_slice::<serde::de::IgnoredAny>(&row.payload).is_err()
-        {
-            return Err(RouteError {
-                reason: "payload_not_json",
-                detail: format!("payload of event {} is not valid JSON", row.id),
-            });
-        }
-        let mut headers: Vec<(Cow<'static, str>, Bytes)> = Vec::with_capacity(8);
+    /// Routes one row. A row that cannot be published comes back with the reason, untouched, so
+    /// the caller can dead-letter its original bytes without copying them beforehand.
+    pub fn route(
+        &mut self,
+        row: OutboxRow,
+        pos: &Position,
+    ) -> Result<Record, Box<(RouteError, OutboxRow)>> {
+        let (topic, extra) = match self.check(&row) {
+            Ok(checked) => checked,
+            Err(e) => return Err(Box::new((e, row))),
+        };
+        let mut headers: Vec<(Cow<'static, str>, Bytes)> = Vec::with_capacity(7 + extra.len());
         headers.push((Cow::Borrowed("event_id"), Bytes::from(row.id)));
         headers.push((Cow::Borrowed("event_type"), Bytes::from(row.event_type)));
         headers.push((
@@ -193,16 +196,32 @@ impl Router {
         let (xid, ts) = self.txn_headers(pos);
         headers.push((Cow::Borrowed("pg_xid"), xid));
         headers.push((Cow::Borrowed("pg_commit_ts"), ts));
-        if let Some(raw) = &row.headers {
-            let event_id = String::from_utf8_lossy(&headers[0].1).into_owned();
-            extra_headers(raw, &event_id, &mut headers)?;
-        }
+        headers.extend(extra);
         Ok(Record {
             topic,
             key: Some(Bytes::from(row.aggregate_id)),
             value: row.payload,
             headers,
         })
+    }
+
+    /// Everything that can make a row unpublishable, checked before any of it is moved: the
+    /// topic, the payload's JSON (for text/bytea columns), the headers object.
+    fn check(&mut self, row: &OutboxRow) -> Result<(Arc<str>, Vec<Header>), RouteError> {
+        let topic = self.topic(&row.aggregate_type)?;
+        if !JSON_OIDS.contains(&row.payload_type_oid)
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&row.payload).is_err()
+        {
+            return Err(RouteError {
+                reason: "payload_not_json",
+                detail: format!("payload of event {} is not valid JSON", row.id),
+            });
+        }
+        let mut extra = Vec::new();
+        if let Some(raw) = &row.headers {
+            extra_headers(raw, &row.id, &mut extra)?;
+        }
+        Ok((topic, extra))
     }
 }
 
@@ -368,6 +387,7 @@ mod tests {
             router(true)
                 .route(row("booking", None), &POS)
                 .expect_err("must fail")
+                .0
                 .reason,
             "unroutable"
         );
@@ -375,6 +395,7 @@ mod tests {
             router(false)
                 .route(row("has space", None), &POS)
                 .expect_err("must fail")
+                .0
                 .reason,
             "invalid_topic"
         );
@@ -382,6 +403,7 @@ mod tests {
             router(false)
                 .route(row("booking", Some("[1]")), &POS)
                 .expect_err("must fail")
+                .0
                 .reason,
             "headers_not_object"
         );
@@ -389,6 +411,7 @@ mod tests {
             router(false)
                 .route(row("booking", Some(r#"{"event_id":"x"}"#)), &POS)
                 .expect_err("must fail")
+                .0
                 .reason,
             "reserved_header"
         );
@@ -397,7 +420,7 @@ mod tests {
         bad.payload = Bytes::from_static(b"{nope");
         bad.payload_type_oid = 25; // text
         assert_eq!(
-            r.route(bad, &POS).expect_err("must fail").reason,
+            r.route(bad, &POS).expect_err("must fail").0.reason,
             "payload_not_json"
         );
     }
