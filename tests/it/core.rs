@@ -101,9 +101,31 @@ async fn one_postgres_transaction_is_visible_all_at_once() -> Result<()> {
         )
         .await?;
     verify(&written, &received).assert_exactly_once();
-    // Each transaction's events share one pg_xid; within the arrival order of a consumer that
-    // polls all partitions, count per xid must reach 30 and never be observed partially at the
-    // end of the stream (the whole stream is committed here, so check the xid grouping instead).
+    // Atomic visibility: every Kafka commit leaves a marker offset in each partition it wrote,
+    // so within a partition a run of consecutive offsets is (part of) one Kafka transaction. The
+    // rows of one Postgres transaction must never span two runs of a partition.
+    let mut by_partition: HashMap<(String, i32), Vec<(i64, String)>> = HashMap::new();
+    for r in &received {
+        by_partition
+            .entry((r.topic.clone(), r.partition))
+            .or_default()
+            .push((r.offset, r.header("pg_xid").unwrap_or("").to_string()));
+    }
+    for ((topic, partition), mut rows) in by_partition {
+        rows.sort();
+        let mut run = 0;
+        let mut run_of_xid: HashMap<String, usize> = HashMap::new();
+        for (i, (offset, xid)) in rows.iter().enumerate() {
+            if i > 0 && *offset != rows[i - 1].0 + 1 {
+                run += 1;
+            }
+            let first = *run_of_xid.entry(xid.clone()).or_insert(run);
+            ensure!(
+                first == run,
+                "xid {xid} is split over two Kafka transactions in {topic}/{partition}"
+            );
+        }
+    }
     let mut per_xid: HashMap<String, usize> = HashMap::new();
     for r in &received {
         *per_xid
