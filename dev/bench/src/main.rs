@@ -7,6 +7,7 @@
 //! as JSON (`target/bench/results.json`, or `--out <file>`).
 
 mod debezium;
+mod floor;
 mod procstat;
 
 use std::collections::HashMap;
@@ -40,6 +41,8 @@ const PARTITIONS: i32 = 3;
 struct Opts {
     quick: bool,
     debezium: bool,
+    /// Only the Kafka transaction floor (section 0): a quick probe of the broker.
+    floor_only: bool,
     out: PathBuf,
     relay_bin: PathBuf,
     runs: usize,
@@ -54,6 +57,7 @@ impl Opts {
     fn parse() -> Result<Opts> {
         let mut quick = false;
         let mut debezium = true;
+        let mut floor_only = false;
         let mut out = None;
         let mut relay_bin = std::env::var_os("OUTBOX_RELAY_BIN").map(PathBuf::from);
         let mut args = std::env::args().skip(1);
@@ -61,13 +65,14 @@ impl Opts {
             match a.as_str() {
                 "--quick" => quick = true,
                 "--no-debezium" => debezium = false,
+                "--floor-only" => floor_only = true,
                 "--out" => out = Some(PathBuf::from(args.next().context("--out <file>")?)),
                 "--relay-bin" => {
                     relay_bin = Some(PathBuf::from(args.next().context("--relay-bin <path>")?))
                 }
                 "-h" | "--help" => {
                     println!(
-                        "usage: outbox-relay-bench [--quick] [--no-debezium] [--out results.json] [--relay-bin path]"
+                        "usage: outbox-relay-bench [--quick] [--no-debezium] [--floor-only] [--out results.json] [--relay-bin path]"
                     );
                     std::process::exit(0);
                 }
@@ -87,6 +92,7 @@ impl Opts {
             Opts {
                 quick,
                 debezium,
+                floor_only,
                 out,
                 relay_bin,
                 runs: 1,
@@ -100,6 +106,7 @@ impl Opts {
             Opts {
                 quick,
                 debezium,
+                floor_only,
                 out,
                 relay_bin,
                 runs: 3,
@@ -1332,7 +1339,32 @@ async fn main() -> Result<()> {
     res
 }
 
+/// Section 0: the cost of one bare Kafka transaction (see `floor.rs`), with the relay's
+/// way of committing and without it.
+async fn floor_run(r: &mut Report) -> Result<()> {
+    let s = "0. Kafka transaction floor (librdkafka, 1 record + checkpoint, no relay)";
+    for (backoff, wait, label) in [
+        (10, false, "commit_transaction at once (rust-rdkafka flush)"),
+        (10, true, "deliveries awaited first, as the relay"),
+    ] {
+        let ms = floor::kafka_txn_cycles(200, backoff, wait).await?;
+        let (p50, p99) = (percentile(&ms, 50.0), percentile(&ms, 99.0));
+        log(format!(
+            "floor ({label}): commit cycle p50 {p50:.1} ms, p99 {p99:.1} ms"
+        ));
+        r.add(s, &format!("commit cycle p50 ({label})"), "ms", p50);
+        r.add(s, &format!("commit cycle p99 ({label})"), "ms", p99);
+    }
+    Ok(())
+}
+
 async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
+    if opts.floor_only {
+        let mut r = Report::default();
+        let res = floor_run(&mut r).await;
+        *lock(report) = r;
+        return res;
+    }
     let connect = if opts.debezium {
         match Connect::start().await {
             Ok(c) => Some(c),
@@ -1348,6 +1380,14 @@ async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
     let b = "1. backlog drain, 100-row txns";
     let one = "1. backlog drain, 1-row txns";
     let result: Result<()> = async {
+        for i in 0..opts.runs {
+            log(format!(
+                "== Kafka transaction floor, run {}/{}",
+                i + 1,
+                opts.runs
+            ));
+            floor_run(&mut r).await?;
+        }
         for i in 0..opts.runs {
             log(format!(
                 "== backlog {} rows, 100-row txns, run {}/{}",
