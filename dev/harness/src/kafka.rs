@@ -167,7 +167,11 @@ impl Kafka {
         let out = Command::new("java")
             .args(java_common_args(&dir, &lib_dir))
             .arg("kafka.tools.StorageTool")
-            .args(["format", "-t", &cluster_id, "-c"])
+            // `--cluster-id=<id>` in one argument: an id may start with '-' (1 in 64), which the
+            // tool's argument parser would take for an option.
+            .arg("format")
+            .arg(format!("--cluster-id={cluster_id}"))
+            .arg("-c")
             .arg(dir.join("server.properties"))
             .arg("--ignore-formatted")
             .arg("--add-scram")
