@@ -54,6 +54,7 @@ impl RelayProcess {
             .append(true)
             .open(&log_path)?;
         let mut cmd = Command::new(bin);
+        continuous_coverage(&mut cmd);
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -240,9 +241,6 @@ impl RelayConfig {
             "routing.topic_template",
             format!("{topic_prefix}.{{aggregate_type}}"),
         );
-        c.set("batch.max_events", 10_000i64);
-        c.set("batch.max_delay_ms", 100i64);
-        c.set("batch.split_events", 50_000i64);
         c.set("log.format", "text");
         c.set("log.level", "info");
         c
@@ -324,6 +322,52 @@ impl RelayConfig {
     }
 }
 
+/// Under `dev/coverage` (LLVM_PROFILE_FILE set by cargo-llvm-cov), a relay writes its profile in
+/// LLVM's continuous mode (`%c`: counters live in the mmapped profile file), so a relay killed
+/// with SIGKILL (the kill tests, and every relay a test leaves running) still counts. This needs
+/// binaries built with `-runtime-counter-relocation`, which `dev/coverage` passes.
+fn continuous_coverage(cmd: &mut Command) {
+    let Some(pattern) = std::env::var_os("LLVM_PROFILE_FILE") else {
+        return;
+    };
+    if std::env::var_os("OUTBOX_RELAY_CONTINUOUS_COVERAGE").is_none() {
+        return;
+    }
+    cmd.env(
+        "LLVM_PROFILE_FILE",
+        continuous_profile_pattern(&pattern.to_string_lossy()),
+    );
+}
+
+/// cargo-llvm-cov's pattern (its report merges only files of that name) with the merge-pool
+/// specifier `%m`/`%Nm`, which continuous mode does not allow, replaced by `%c`.
+fn continuous_profile_pattern(pattern: &str) -> String {
+    if pattern.contains("%c") {
+        return pattern.to_string();
+    }
+    let mut out = String::new();
+    let mut rest = pattern;
+    let mut replaced = false;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let spec = &rest[i + 1..];
+        let digits = spec.chars().take_while(char::is_ascii_digit).count();
+        if spec[digits..].starts_with('m') {
+            out.push_str("%c");
+            replaced = true;
+            rest = &spec[digits + 1..];
+        } else {
+            out.push('%');
+            rest = spec;
+        }
+    }
+    out.push_str(rest);
+    if !replaced {
+        out = out.replace(".profraw", "%c.profraw");
+    }
+    out
+}
+
 /// The relay binary cargo built for this test run: `CARGO_BIN_EXE_outbox-relay` is only set for the
 /// relay crate's own tests, so callers pass it in; this finds it next to the test binary otherwise.
 pub fn find_relay_bin() -> Result<PathBuf> {
@@ -344,5 +388,30 @@ pub fn find_relay_bin() -> Result<PathBuf> {
             "relay binary not found at {} (set OUTBOX_RELAY_BIN)",
             candidate.display()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::continuous_profile_pattern;
+
+    #[test]
+    fn continuous_profile_pattern_keeps_the_name_and_swaps_the_pool() {
+        assert_eq!(
+            continuous_profile_pattern("/t/main-%p-%2m.profraw"),
+            "/t/main-%p-%c.profraw"
+        );
+        assert_eq!(
+            continuous_profile_pattern("/t/x-%m.profraw"),
+            "/t/x-%c.profraw"
+        );
+        assert_eq!(
+            continuous_profile_pattern("/t/x-%p.profraw"),
+            "/t/x-%p%c.profraw"
+        );
+        assert_eq!(
+            continuous_profile_pattern("/t/x-%c.profraw"),
+            "/t/x-%c.profraw"
+        );
     }
 }
