@@ -112,16 +112,8 @@ impl RelaySettings {
     }
 }
 
-/// Runs sessions until shutdown or a non-retriable error.
-pub async fn run(settings: RelaySettings, shutdown: Shutdown, status: Arc<Status>) -> Result<()> {
-    let (keep, live) = watch::channel(settings.live());
-    let result = run_with_reload(settings, shutdown, status, live).await;
-    drop(keep);
-    result
-}
-
-/// As [`run`], with reloadable settings: each new value of `live` applies to the running pipeline
-/// (checked in its loop) and to every later session.
+/// Runs sessions until shutdown or a non-retriable error. Each new value of `live` (a SIGHUP
+/// reload) applies to the running pipeline (checked in its loop) and to every later session.
 pub async fn run_with_reload(
     settings: RelaySettings,
     shutdown: Shutdown,
@@ -388,8 +380,8 @@ enum Item {
 }
 
 /// Most records held back while a commit runs (memory bound).
-const BACKLOG_RECORDS: usize = 20_000;
-const BACKLOG_BYTES: u64 = 8 * 1024 * 1024;
+const BACKLOG_RECORDS: usize = 10_000;
+const BACKLOG_BYTES: u64 = 4 * 1024 * 1024;
 
 struct Pipeline<'a> {
     settings: &'a RelaySettings,

@@ -382,3 +382,59 @@ async fn the_checkpoint_topic_is_created_compacted_when_allowed() -> Result<()> 
     relay.wait_exit(Duration::from_secs(30)).await;
     Ok(())
 }
+
+/// `validate --connect` on a good configuration says what it found: before the first start the
+/// slot and the checkpoint topic are still to be created (and a missing dead-letter topic is a
+/// warning, not an error); once they exist, it shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_connect_reports_the_slot_and_topics_it_found() -> Result<()> {
+    let _guard = shared_servers().await;
+    let mut cfg = base().await?;
+    let dead_letter = format!("{}.missing_dead_letter", cfg.topic_prefix);
+    cfg.set("errors.on_error", "dead_letter");
+    cfg.set("errors.dead_letter_topic", dead_letter.as_str());
+
+    let (code, text) = cli(&cfg, &["validate", "--connect"])?;
+    ensure!(code == Some(0), "exit {code:?}: {text}");
+    for needle in [
+        format!(
+            "slot {:?} does not exist yet; the relay will create it",
+            cfg.slot
+        ),
+        format!(
+            "checkpoint topic {:?} does not exist yet; the relay will create it",
+            cfg.checkpoint_topic
+        ),
+        format!("warning: dead-letter topic {dead_letter:?} does not exist"),
+        "both servers are ready".to_string(),
+    ] {
+        ensure!(text.contains(&needle), "wanted {needle:?} in: {text}");
+    }
+
+    // Now the slot and the checkpoint topic exist.
+    let db = cfg
+        .get("postgres.dbname")
+        .and_then(|v| v.as_str())
+        .context("db")?
+        .to_string();
+    let admin = Postgres::shared().admin(&db).await?;
+    admin
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&cfg.slot],
+        )
+        .await?;
+    cfg.create_checkpoint_topic(Kafka::shared()).await?;
+    let (code, text) = cli(&cfg, &["validate", "--connect"])?;
+    ensure!(code == Some(0), "exit {code:?}: {text}");
+    for needle in [
+        format!("slot {:?} exists (confirmed_flush_lsn", cfg.slot),
+        format!("checkpoint topic {:?} exists", cfg.checkpoint_topic),
+    ] {
+        ensure!(text.contains(&needle), "wanted {needle:?} in: {text}");
+    }
+    admin
+        .execute("SELECT pg_drop_replication_slot($1)", &[&cfg.slot])
+        .await?;
+    Ok(())
+}
