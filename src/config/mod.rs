@@ -480,8 +480,8 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
-            max_events: 10_000,
-            max_bytes: 8_388_608,
+            max_events: 5_000,
+            max_bytes: 4_194_304,
             max_delay_ms: 100,
             split_events: 50_000,
             idle_checkpoint_ms: 1_000,

@@ -83,7 +83,7 @@ fn defaults_from_minimal_file() {
     assert_eq!(c.kafka.transaction_timeout_ms, 60_000);
     assert_eq!(c.routing.topic_template, "outbox.{aggregate_type}");
     assert_eq!(c.errors.on_error, OnError::DeadLetter);
-    assert_eq!(c.batch.max_events, 10_000);
+    assert_eq!(c.batch.max_events, 5_000);
     assert_eq!(c.batch.split_events, 50_000);
     assert_eq!(c.retry.max_elapsed_ms, 300_000);
     assert_eq!(

@@ -180,7 +180,7 @@ impl Stream {
         .with_start_lsn(Lsn::ZERO)
         .with_status_interval(s.status_interval)
         .with_wakeup_interval(Duration::from_secs(5))
-        .with_buffer_size(8192)
+        .with_buffer_size(2048)
         .with_application_name("outbox-relay")
         // Fixed text forms for timestamps (created_at), whatever the server's defaults.
         .with_options("-c DateStyle=ISO -c TimeZone=UTC");
