@@ -43,6 +43,10 @@ struct Opts {
     debezium: bool,
     /// Only the Kafka transaction floor (section 0): a quick probe of the broker.
     floor_only: bool,
+    /// Only the relay's steady state (section 4), with a per-second latency timeline.
+    steady_only: bool,
+    /// Only the relay's backlog drains (section 1, no decoding limit, no Debezium).
+    drain_only: bool,
     out: PathBuf,
     relay_bin: PathBuf,
     runs: usize,
@@ -58,6 +62,8 @@ impl Opts {
         let mut quick = false;
         let mut debezium = true;
         let mut floor_only = false;
+        let mut steady_only = false;
+        let mut drain_only = false;
         let mut out = None;
         let mut relay_bin = std::env::var_os("OUTBOX_RELAY_BIN").map(PathBuf::from);
         let mut args = std::env::args().skip(1);
@@ -66,13 +72,15 @@ impl Opts {
                 "--quick" => quick = true,
                 "--no-debezium" => debezium = false,
                 "--floor-only" => floor_only = true,
+                "--steady-only" => steady_only = true,
+                "--drain-only" => drain_only = true,
                 "--out" => out = Some(PathBuf::from(args.next().context("--out <file>")?)),
                 "--relay-bin" => {
                     relay_bin = Some(PathBuf::from(args.next().context("--relay-bin <path>")?))
                 }
                 "-h" | "--help" => {
                     println!(
-                        "usage: outbox-relay-bench [--quick] [--no-debezium] [--floor-only] [--out results.json] [--relay-bin path]"
+                        "usage: outbox-relay-bench [--quick] [--no-debezium] [--floor-only] [--steady-only] [--drain-only] [--out results.json] [--relay-bin path]"
                     );
                     std::process::exit(0);
                 }
@@ -93,6 +101,8 @@ impl Opts {
                 quick,
                 debezium,
                 floor_only,
+                steady_only,
+                drain_only,
                 out,
                 relay_bin,
                 runs: 1,
@@ -107,6 +117,8 @@ impl Opts {
                 quick,
                 debezium,
                 floor_only,
+                steady_only,
+                drain_only,
                 out,
                 relay_bin,
                 runs: 3,
@@ -850,7 +862,8 @@ fn pad_hex(seed: u64) -> String {
 }
 
 /// A received record: event id, receipt micros, pg_commit_ts micros if present.
-type Receipt = (String, i64, Option<i64>);
+/// (event id, receipt time, pg_commit_ts, Kafka CreateTime: when the relay produced it), in µs.
+type Receipt = (String, i64, Option<i64>, i64);
 
 /// Receives records on `topics` (read_committed) until `stop`; id from `id_header`.
 fn receive(
@@ -882,7 +895,8 @@ fn receive(
                 warmed.store(true, Ordering::Relaxed);
                 continue;
             }
-            out.push((id.unwrap_or_default(), at, commit));
+            let produced = m.timestamp().to_millis().unwrap_or(0) * 1000;
+            out.push((id.unwrap_or_default(), at, commit, produced));
             count.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -1005,16 +1019,55 @@ async fn steady_relay(opts: &Opts, report: &mut Report) -> Result<()> {
     )
     .await?;
     let st = ProcStat::read(pid)?;
+    if opts.steady_only {
+        let _ = std::fs::copy(relay.log_path(), "/tmp/bench-steady-relay.log");
+    }
     stop_relay(relay).await?;
     let commit_lat: Vec<f64> = got
         .iter()
-        .filter(|(id, _, _)| acks.contains_key(id))
-        .filter_map(|(_, at, c)| c.map(|c| (at - c) as f64 / 1000.0))
+        .filter(|(id, _, _, _)| acks.contains_key(id))
+        .filter_map(|(_, at, c, _)| c.map(|c| (at - c) as f64 / 1000.0))
         .collect();
     let ack_lat: Vec<f64> = got
         .iter()
-        .filter_map(|(id, at, _)| acks.get(id).map(|a| (at - a) as f64 / 1000.0))
+        .filter_map(|(id, at, _, _)| acks.get(id).map(|a| (at - a) as f64 / 1000.0))
         .collect();
+    if opts.steady_only {
+        // Worst latency per second of the run (by Postgres commit time): start-up or periodic?
+        let mut per_sec: std::collections::BTreeMap<i64, (f64, usize)> = Default::default();
+        // Split: Postgres commit -> produced by the relay, produced -> received (commit + fetch).
+        let mut to_produce: Vec<f64> = Vec::new();
+        let mut to_receive: Vec<f64> = Vec::new();
+        for (_, at, c, p) in got.iter() {
+            if let Some(c) = c {
+                to_produce.push((p - c) as f64 / 1000.0);
+                to_receive.push((at - p) as f64 / 1000.0);
+            }
+        }
+        to_produce.sort_by(|a, b| a.total_cmp(b));
+        to_receive.sort_by(|a, b| a.total_cmp(b));
+        log(format!(
+            "steady split: commit->produced p50 {:.0} p99 {:.0} ms; produced->received p50 {:.0} p99 {:.0} ms",
+            percentile(&to_produce, 50.0),
+            percentile(&to_produce, 99.0),
+            percentile(&to_receive, 50.0),
+            percentile(&to_receive, 99.0)
+        ));
+        for (at, c) in got.iter().filter_map(|(_, at, c, _)| c.map(|c| (*at, c))) {
+            let e = per_sec.entry(c / 1_000_000).or_default();
+            e.0 = e.0.max((at - c) as f64 / 1000.0);
+            e.1 += 1;
+        }
+        let first = per_sec.keys().next().copied().unwrap_or(0);
+        let line: Vec<String> = per_sec
+            .iter()
+            .map(|(s, (max, n))| format!("{}s:{max:.0}ms/{n}", s - first))
+            .collect();
+        log(format!(
+            "steady timeline (worst latency per second): {}",
+            line.join(" ")
+        ));
+    }
     let l = latencies(commit_lat, acks.len());
     let la = latencies(ack_lat, acks.len());
     log(format!(
@@ -1065,7 +1118,7 @@ async fn steady_debezium(opts: &Opts, connect: &Connect, report: &mut Report) ->
     let (acks, got) = r?;
     let ack_lat: Vec<f64> = got
         .iter()
-        .filter_map(|(id, at, _)| acks.get(id).map(|a| (at - a) as f64 / 1000.0))
+        .filter_map(|(id, at, _, _)| acks.get(id).map(|a| (at - a) as f64 / 1000.0))
         .collect();
     let la = latencies(ack_lat, acks.len());
     log(format!(
@@ -1359,6 +1412,24 @@ async fn floor_run(r: &mut Report) -> Result<()> {
 }
 
 async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
+    if opts.drain_only {
+        let mut r = Report::default();
+        let res = async {
+            let b = "1. backlog drain, 100-row txns";
+            let one = "1. backlog drain, 1-row txns";
+            backlog_run(opts, None, &mut r, b, opts.rows_batched, 100, false).await?;
+            backlog_run(opts, None, &mut r, one, opts.rows_single, 1, false).await
+        }
+        .await;
+        *lock(report) = r;
+        return res;
+    }
+    if opts.steady_only {
+        let mut r = Report::default();
+        let res = steady_relay(opts, &mut r).await;
+        *lock(report) = r;
+        return res;
+    }
     if opts.floor_only {
         let mut r = Report::default();
         let res = floor_run(&mut r).await;
@@ -1380,6 +1451,23 @@ async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
     let b = "1. backlog drain, 100-row txns";
     let one = "1. backlog drain, 1-row txns";
     let result: Result<()> = async {
+        // Warm-up, not recorded: the broker is a fresh JVM, and its JIT compilers took ~22% of
+        // this 2-core machine during the first drain (perf: C2/C1 CompilerThreads), which skews
+        // whichever run comes first.
+        let warm = opts.rows_batched.min(300_000);
+        log(format!(
+            "== warm-up (not recorded): a relay drain of {warm} rows"
+        ));
+        backlog_run(
+            opts,
+            None,
+            &mut Report::default(),
+            "warm-up",
+            warm,
+            100,
+            false,
+        )
+        .await?;
         for i in 0..opts.runs {
             log(format!(
                 "== Kafka transaction floor, run {}/{}",
@@ -1483,6 +1571,7 @@ async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
             opts.rows_single, opts.rows_batched
         ));
     }
+    rep.notes.push("before the recorded runs, one relay drain (not recorded) warms the broker JVM and Postgres; Debezium's Connect JVM gets no separate warm-up beyond its first run (medians of 3 runs).".into());
     rep.notes.push("relay drain time: from spawning the relay (start-up included) until a read_committed consumer of its checkpoint topic sees a checkpoint past the last transaction; the event topics are then counted (read_committed) to check every row arrived once. pg_recvlogical: from spawn until it exits at --endpos. Debezium: from PUT of the connector config until a read_committed consumer counted every record.".into());
     rep.notes.push("latency: pg_commit_ts header (Postgres commit time) to read_committed consumer receipt for the relay; Debezium's records carry no commit timestamp, so both are also measured from the writer's COMMIT return (same clock) for a like-for-like comparison.".into());
     result
