@@ -132,7 +132,9 @@ pub fn read(
     })?;
 
     let started = Instant::now();
-    let mut latest: Option<Checkpoint> = None;
+    // The newest record for the key decides, read to the end: an unreadable record only fails the
+    // read when nothing newer (a good checkpoint, or the operator's tombstone) follows it.
+    let mut latest: Result<Option<Checkpoint>> = Ok(None);
     loop {
         if started.elapsed() > deadline {
             return Err(Error::transient(format!(
@@ -141,7 +143,7 @@ pub fn read(
         }
         match consumer.poll(Duration::from_millis(200)) {
             None => continue,
-            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(latest),
+            Some(Err(KafkaError::PartitionEOF(_))) => return latest,
             Some(Err(e)) => {
                 if matches!(
                     e.rdkafka_error_code(),
@@ -163,15 +165,14 @@ pub fn read(
                 }
                 match msg.payload() {
                     // A tombstone resets the position (an operator's deliberate reset).
-                    None => latest = None,
+                    None => latest = Ok(None),
                     Some(value) => {
-                        let cp = Checkpoint::decode(value).map_err(|why| {
+                        latest = Checkpoint::decode(value).map(Some).map_err(|why| {
                             Error::invariant(format!(
-                                "kafka: checkpoint record at {topic}/0@{} for key {key:?} is unreadable: {why}",
+                                "kafka: checkpoint record at {topic}/0@{} for key {key:?} is unreadable: {why}; see the README's runbook, \"Unreadable checkpoint\"",
                                 msg.offset()
                             ))
-                        })?;
-                        latest = Some(cp);
+                        });
                     }
                 }
             }

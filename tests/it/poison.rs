@@ -451,3 +451,109 @@ async fn an_invalidated_slot_stops_the_relay_with_70() -> Result<()> {
     admin.batch_execute("SELECT pg_reload_conf()").await?;
     result
 }
+
+/// Produces one record (or a tombstone) to the checkpoint topic under the relay's key, as an
+/// operator would with a console producer.
+fn produce_checkpoint_record(topic: &str, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let p: ThreadedProducer<DefaultProducerContext> = Kafka::shared().client_config().create()?;
+    let mut rec = BaseRecord::<[u8], [u8]>::to(topic).partition(0).key(key);
+    if let Some(v) = value {
+        rec = rec.payload(v);
+    }
+    p.send(rec).map_err(|(e, _)| e)?;
+    p.flush(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// A checkpoint record that cannot be read is a broken invariant (exit 70, naming the topic and
+/// offset), never a silent restart from scratch; the README's reset (a tombstone for the relay's
+/// key) then resumes from the slot's position with nothing lost or published twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_checkpoint_stops_with_70_and_the_readme_reset_resumes() -> Result<()> {
+    let _guard = shared_servers().await;
+    let types = ["booking"];
+    let (db, cfg) = setup(&types).await?;
+    let mut relay = start(&cfg).await?;
+    let mut written = write_concurrently(&db, &spec(300, &types, &[1, 10], 2)).await?;
+    let kafka = Kafka::shared();
+    kafka
+        .collect(
+            &topics(&cfg, &types),
+            written.len(),
+            Duration::from_secs(60),
+            true,
+        )
+        .await?;
+    relay.sigterm()?;
+    let status = relay
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .context("no clean stop")?;
+    ensure!(status.success(), "stop: {status:?}\n{}", relay.logs());
+
+    // The relay's checkpoint key, from its own last checkpoint.
+    let checkpoints = kafka
+        .collect(
+            std::slice::from_ref(&cfg.checkpoint_topic),
+            1,
+            Duration::from_secs(30),
+            true,
+        )
+        .await?;
+    let key = checkpoints
+        .last()
+        .and_then(|r| r.key.clone())
+        .context("checkpoint key")?;
+    produce_checkpoint_record(&cfg.checkpoint_topic, &key, Some(b"not a checkpoint"))?;
+    let mut corrupt = relay.respawn(&bin(), &[])?;
+    let status = corrupt
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .context("the relay ran on an unreadable checkpoint")?;
+    let logs = corrupt.logs();
+    ensure!(status.code() == Some(70), "exit {status:?}\n{logs}");
+    ensure!(
+        logs.contains("unreadable") && logs.contains(&cfg.checkpoint_topic),
+        "{logs}"
+    );
+
+    // Reset as the README says: a tombstone for the key. The slot's position is the last ack.
+    produce_checkpoint_record(&cfg.checkpoint_topic, &key, None)?;
+    let mut relay = corrupt.respawn(&bin(), &[])?;
+    // The log file is shared with the earlier runs: wait for this run's start line.
+    let started = |logs: &str| logs.matches("outbox-relay started").count();
+    let before = started(&corrupt.logs());
+    wait_until(
+        Duration::from_secs(60),
+        "the relay starts after the reset",
+        || {
+            let logs = relay.logs();
+            async move { Ok((started(&logs) > before).then_some(())) }
+        },
+    )
+    .await?;
+    ensure!(relay.is_running(), "{}", relay.logs());
+    ensure!(
+        relay
+            .logs()
+            .matches("no checkpoint yet for this slot")
+            .count()
+            == 2,
+        "{}",
+        relay.logs()
+    );
+    written.extend(write_concurrently(&db, &spec(200, &types, &[1, 10], 2)).await?);
+    let received = kafka
+        .collect(
+            &topics(&cfg, &types),
+            written.len(),
+            Duration::from_secs(60),
+            true,
+        )
+        .await?;
+    let verdict = verify(&written, &received);
+    eprintln!("corrupt checkpoint, then reset: {verdict}");
+    ensure!(verdict.is_exactly_once(), "{verdict}\n{}", relay.logs());
+    Ok(())
+}
