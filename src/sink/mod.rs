@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::route::Record;
 
 /// What the sink needs to know, resolved from the configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SinkSettings {
     /// librdkafka properties shared by producer and consumers (servers, security, passthrough).
     /// Holds the SASL password: never log it.
@@ -49,6 +49,25 @@ pub struct SinkSettings {
     pub create_checkpoint_topic: bool,
     /// How long one blocking Kafka call may take before it counts as a failure of the session.
     pub call_timeout: Duration,
+}
+
+/// Secret-bearing librdkafka properties (`sasl.password`, `ssl.key.password`, ...) print as `***`.
+impl std::fmt::Debug for SinkSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let props: Vec<(&str, &str)> = self
+            .client_props
+            .iter()
+            .map(|(k, v)| {
+                let secret = k.contains("password") || k.contains("secret");
+                (k.as_str(), if secret { "***" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("SinkSettings")
+            .field("client_props", &props)
+            .field("transactional_id", &self.transactional_id)
+            .field("checkpoint_topic", &self.checkpoint_topic)
+            .finish_non_exhaustive()
+    }
 }
 
 /// First delivery failure seen by librdkafka's delivery callback since the transaction began.
@@ -689,4 +708,113 @@ pub fn topic_exists(settings: &SinkSettings, topic: &str) -> Result<bool> {
         .topics()
         .iter()
         .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> SinkSettings {
+        SinkSettings {
+            client_props: vec![
+                ("bootstrap.servers".into(), "127.0.0.1:9092".into()),
+                ("sasl.username".into(), "relay".into()),
+                ("sasl.password".into(), "pw-never-printed".into()),
+                ("linger.ms".into(), "20".into()),
+            ],
+            transactional_id: "outbox-relay-slot".into(),
+            transaction_timeout: Duration::from_secs(60),
+            checkpoint_topic: "ckpt".into(),
+            checkpoint_key: "1/db/slot".into(),
+            create_checkpoint_topic: true,
+            call_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_sasl_password() {
+        let text = format!("{:?}", settings());
+        assert!(!text.contains("pw-never-printed"), "{text}");
+        assert!(
+            text.contains("sasl.password") && text.contains("***"),
+            "{text}"
+        );
+        assert!(text.contains("outbox-relay-slot"), "{text}");
+    }
+
+    #[test]
+    fn producer_config_is_transactional_and_passthrough_tunes_defaults() {
+        let cc = producer_config(&settings());
+        assert_eq!(cc.get("acks"), Some("all"));
+        assert_eq!(cc.get("enable.idempotence"), Some("true"));
+        assert_eq!(cc.get("transactional.id"), Some("outbox-relay-slot"));
+        assert_eq!(cc.get("transaction.timeout.ms"), Some("60000"));
+        assert_eq!(cc.get("compression.type"), Some("lz4"));
+        // A passthrough property overrides the relay's default.
+        assert_eq!(cc.get("linger.ms"), Some("20"));
+    }
+
+    #[test]
+    fn permanent_reasons_are_the_refusals_retrying_cannot_fix() {
+        use RDKafkaErrorCode as C;
+        for (code, reason) in [
+            (C::MessageSizeTooLarge, "record_too_large"),
+            (C::InvalidMessageSize, "record_too_large"),
+            (C::MessageBatchTooLarge, "record_too_large"),
+            (C::TopicAuthorizationFailed, "topic_not_authorized"),
+            (C::UnknownTopicOrPartition, "unknown_topic"),
+            (C::UnknownTopic, "unknown_topic"),
+            (C::InvalidRecord, "record_refused"),
+            (C::PolicyViolation, "record_refused"),
+        ] {
+            assert_eq!(permanent_reason(Some(code)), Some(reason), "{code:?}");
+        }
+        for code in [
+            C::RequestTimedOut,
+            C::NotLeaderForPartition,
+            C::BrokerTransportFailure,
+        ] {
+            assert_eq!(permanent_reason(Some(code)), None, "{code:?}");
+        }
+        assert_eq!(permanent_reason(None), None);
+    }
+
+    #[test]
+    fn classify_retries_a_flush_timeout_and_ends_the_session_otherwise() {
+        assert!(classify(
+            "commit",
+            KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)
+        )
+        .is_ok());
+        let err = classify(
+            "commit_transaction",
+            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+        )
+        .expect_err("a session error");
+        assert!(
+            err.message().contains("kafka: commit_transaction"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn authentication_errors_are_configuration_errors_naming_the_user() {
+        let s = settings();
+        for code in [
+            RDKafkaErrorCode::Authentication,
+            RDKafkaErrorCode::SaslAuthenticationFailed,
+            RDKafkaErrorCode::TransactionalIdAuthorizationFailed,
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+        ] {
+            let err = auth_error(&KafkaError::Global(code), &s).expect("an auth error");
+            let text = err.message().to_string();
+            assert!(
+                text.contains("\"relay\"") && text.contains("127.0.0.1:9092"),
+                "{text}"
+            );
+            assert!(!text.contains("pw-never-printed"), "{text}");
+            assert_eq!(err.exit_code(), 78, "{text}");
+        }
+        assert!(auth_error(&KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), &s).is_none());
+    }
 }

@@ -513,3 +513,46 @@ mod tls {
         Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::tls;
+    use crate::source::tests::settings;
+
+    #[test]
+    fn verify_modes_need_a_ca_and_require_does_not() {
+        for mode in ["verify-ca", "verify-full"] {
+            let err = tls::connector(&settings(mode, None))
+                .err()
+                .expect("a CA is required");
+            assert!(
+                err.message().contains("postgres.sslrootcert"),
+                "{mode}: {err:?}"
+            );
+            assert_eq!(err.exit_code(), 78);
+        }
+        assert!(tls::connector(&settings("require", None)).is_ok());
+    }
+
+    #[test]
+    fn an_unreadable_or_empty_ca_bundle_is_named() {
+        let err = tls::connector(&settings("verify-full", Some("/no/such/ca.pem".into())))
+            .err()
+            .expect("missing file");
+        assert!(
+            err.message().contains("postgres.sslrootcert")
+                && err.message().contains("/no/such/ca.pem"),
+            "{err:?}"
+        );
+        // A file without any certificate: verify-ca cannot build a verifier from no roots.
+        let dir = std::env::temp_dir().join(format!("outbox-relay-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let err = tls::connector(&settings("verify-ca", Some(empty.clone())))
+            .err()
+            .expect("no roots");
+        assert!(err.message().contains("postgres.sslrootcert"), "{err:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

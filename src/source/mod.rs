@@ -347,3 +347,57 @@ pub fn map_pg_error(s: &SourceSettings, what: &str, e: PgWireError) -> Error {
     };
     Error::new(kind, message).with_source(e)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Settings for unit tests: nothing here connects anywhere.
+    pub(crate) fn settings(sslmode: &str, sslrootcert: Option<PathBuf>) -> SourceSettings {
+        SourceSettings {
+            host: "db.example".into(),
+            port: 5432,
+            dbname: "app".into(),
+            user: "outbox_relay".into(),
+            password: "pw-never-printed".into(),
+            sslmode: sslmode.into(),
+            sslrootcert,
+            slot: "outbox_relay".into(),
+            publication: "outbox_pub".into(),
+            create_slot: true,
+            table_schema: "public".into(),
+            table_name: "outbox".into(),
+            required_columns: vec![],
+            status_interval: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let text = format!("{:?}", settings("disable", None));
+        assert!(!text.contains("pw-never-printed"), "{text}");
+        assert!(
+            text.contains("db.example") && text.contains("***"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn tls_modes_map_to_the_replication_client_and_unknown_ones_are_named() {
+        use pgwire_replication::SslMode;
+        for (mode, want) in [
+            ("disable", SslMode::Disable),
+            ("prefer", SslMode::Prefer),
+            ("require", SslMode::Require),
+            ("verify-ca", SslMode::VerifyCa),
+            ("verify-full", SslMode::VerifyFull),
+        ] {
+            let tls = tls_config(&settings(mode, Some("/ca.pem".into()))).expect(mode);
+            assert_eq!(tls.mode, want, "{mode}");
+        }
+        let err = tls_config(&settings("sometimes", None)).expect_err("unknown mode");
+        assert!(err.message().contains("postgres.sslmode") && err.message().contains("sometimes"));
+        assert_eq!(err.exit_code(), 78);
+    }
+}
