@@ -588,3 +588,43 @@ async fn rows_for_a_topic_the_relay_may_not_write_are_dead_lettered() -> Result<
     relay.wait_exit(Duration::from_secs(30)).await;
     Ok(())
 }
+
+/// libpq's other TLS modes on the SQL connection (`validate --connect`): `require` encrypts
+/// without a CA, `verify-ca` checks the chain but not the host name, and a chain from another CA
+/// is refused with exit 78 even in `verify-ca`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_require_and_verify_ca_modes() -> Result<()> {
+    let _guard = shared_servers().await;
+    let (_db, base) = setup(&["booking"]).await?;
+    let pg = Postgres::shared();
+    let dir = tempfile::tempdir()?;
+    let wrong = other_ca()?;
+    let cases: [(&str, Option<&Path>, i32); 3] = [
+        ("require", None, 0),
+        ("verify-ca", Some(pg.ca_path()), 0),
+        ("verify-ca", Some(&wrong), 78),
+    ];
+    for (i, (mode, ca, want)) in cases.into_iter().enumerate() {
+        let mut cfg = base.clone();
+        cfg.set("postgres.sslmode", mode);
+        if let Some(ca) = ca {
+            cfg.set("postgres.sslrootcert", ca.to_string_lossy().into_owned());
+        }
+        let path = dir.path().join(format!("relay-{i}.toml"));
+        std::fs::write(&path, cfg.to_toml())?;
+        let (status, out, err) = run_cli(
+            &bin(),
+            &["validate", "--connect", "--config", &path.to_string_lossy()],
+            &[],
+        )?;
+        let text = format!("{out}{err}");
+        ensure!(
+            status.code() == Some(want),
+            "sslmode {mode} (CA {ca:?}): exit {status:?}, want {want}: {text}"
+        );
+        if want == 78 {
+            ensure!(text.to_lowercase().contains("certificate"), "{text}");
+        }
+    }
+    Ok(())
+}
