@@ -309,3 +309,91 @@ pub fn text(r: &Report) -> String {
     let _ = writeln!(o, "relay holding the slot:  {held}");
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> Report {
+        Report {
+            postgres: "db:5432".into(),
+            database: "app".into(),
+            system_identifier: "7".into(),
+            server_wal_lsn: "0/3000000".into(),
+            slot: SlotReport {
+                name: "outbox_relay".into(),
+                exists: true,
+                active: true,
+                active_pid: Some(42),
+                holder_application: Some("outbox-relay".into()),
+                holder_client_addr: Some("10.0.0.5".into()),
+                confirmed_flush_lsn: Some("0/2000000".into()),
+                restart_lsn: Some("0/1000000".into()),
+                retained_wal_bytes: Some(33_554_432),
+                wal_status: Some("reserved".into()),
+                invalidated: false,
+            },
+            checkpoint: CheckpointReport {
+                topic: "ckpt".into(),
+                key: "7/app/outbox_relay".into(),
+                found: true,
+                resume_lsn: Some("0/2000000".into()),
+                partial: Some(PartialReport {
+                    final_lsn: "0/2100000".into(),
+                    xid: 731,
+                    next_index: 10_000,
+                }),
+                note: None,
+            },
+            lag_bytes: Some(16_777_216),
+            slot_held: true,
+            held_by_relay: Some(true),
+        }
+    }
+
+    #[test]
+    fn text_shows_the_holder_the_partial_transaction_and_the_lag() {
+        let t = text(&report());
+        for want in [
+            "yes (pid 42, application outbox-relay, client 10.0.0.5)",
+            "xid 731 (commit 0/2100000), 10000 changes published",
+            "16777216 bytes",
+            "relay holding the slot:  yes (outbox-relay)",
+        ] {
+            assert!(t.contains(want), "{want:?} not in:\n{t}");
+        }
+    }
+
+    #[test]
+    fn text_warns_about_an_invalidated_slot_a_foreign_holder_and_no_checkpoint() {
+        let mut r = report();
+        r.slot.wal_status = Some("lost".into());
+        r.slot.invalidated = true;
+        r.slot.active_pid = None;
+        r.held_by_relay = Some(false);
+        r.slot.holder_application = Some("pg_recvlogical".into());
+        r.checkpoint.found = false;
+        r.checkpoint.note = Some("topic missing".into());
+        r.lag_bytes = None;
+        let t = text(&r);
+        for want in [
+            "INVALIDATED",
+            "held by another client (pg_recvlogical), not an outbox-relay",
+            "none (topic missing)",
+            "lag:                     -",
+        ] {
+            assert!(t.contains(want), "{want:?} not in:\n{t}");
+        }
+        r.slot.exists = false;
+        r.slot.active = false;
+        r.slot_held = false;
+        r.held_by_relay = None;
+        r.checkpoint.note = None;
+        let t = text(&r);
+        assert!(t.contains("exists:                no"), "{t}");
+        assert!(t.contains("none (nothing published yet)"), "{t}");
+        assert!(t.contains("relay holding the slot:  no"), "{t}");
+        r.slot_held = true;
+        assert!(text(&r).contains("not visible to this role"));
+    }
+}

@@ -502,6 +502,28 @@ async fn sighup_under_load_applies_batch_limits_refuses_slot_change_and_loses_no
         !refusal.contains("batch.max_events"),
         "only restart-only keys are named: {refusal}"
     );
+    // Failed: a file that does not parse, then a log level that is no filter. Both leave the
+    // running configuration in place.
+    std::fs::write(relay.config_path(), "[batch\nmax_events = ")?;
+    relay.sighup()?;
+    relay
+        .wait_for_log("configuration reload failed", Duration::from_secs(10))
+        .await?;
+    cfg.set("postgres.slot", original_slot.as_str());
+    cfg.set("batch.max_events", 2000i64);
+    cfg.set("log.level", "info,[[[");
+    std::fs::write(relay.config_path(), cfg.to_toml())?;
+    relay.sighup()?;
+    wait_until(Duration::from_secs(10), "second failed reload", || async {
+        Ok((relay.logs().matches("configuration reload failed").count() >= 2).then_some(()))
+    })
+    .await
+    .with_context(|| relay.logs())?;
+    ensure!(
+        relay.logs().contains("log.level"),
+        "the bad key is not named: {}",
+        relay.logs()
+    );
 
     let written = writer.await??;
     let received = kafka
@@ -517,6 +539,7 @@ async fn sighup_under_load_applies_batch_limits_refuses_slot_change_and_loses_no
     let m = scrape(port).await?;
     ensure!(m.get("outbox_relay_config_reloads_total", "result=\"applied\"") == 3.0);
     ensure!(m.get("outbox_relay_config_reloads_total", "result=\"refused\"") == 1.0);
+    ensure!(m.get("outbox_relay_config_reloads_total", "result=\"failed\"") == 2.0);
     ensure!(m.sum("outbox_relay_events_published_total") == written.len() as f64);
     // Still on the original slot.
     let client = db.client().await?;
@@ -829,4 +852,62 @@ impl NotifySocket {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `log.format = "json"` gives one JSON object per line (for log pipelines), and under systemd
+/// (`JOURNAL_STREAM` set) text lines carry no timestamp of their own (journald stamps them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_parse_line_by_line_and_journald_text_has_no_timestamp() -> Result<()> {
+    let _guard = shared_servers().await;
+    let pg = Postgres::shared();
+    let db = pg.new_database().await?;
+    let mut cfg = RelayConfig::new(pg, &db, Kafka::shared());
+    // Postgres unreachable: a few logged retries, then exit 69. Enough log lines, no servers.
+    cfg.set("postgres.port", i64::from(free_port()));
+    cfg.set("admin.listen", "");
+    cfg.set("retry.initial_backoff_ms", 100i64);
+    cfg.set("retry.max_backoff_ms", 200i64);
+    cfg.set("retry.max_elapsed_ms", 1_000i64);
+
+    cfg.set("log.format", "json");
+    let mut relay = RelayProcess::spawn(&bin(), &cfg.to_toml(), &[])?;
+    let status = relay
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .context("no exit")?;
+    let logs = relay.logs();
+    ensure!(status.code() == Some(69), "{status:?}\n{logs}");
+    let mut objects = 0;
+    for line in logs.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+        ensure!(
+            v.get("level").is_some() && v.get("timestamp").is_some(),
+            "{line}"
+        );
+        objects += 1;
+    }
+    ensure!(objects >= 3, "too few JSON log lines:\n{logs}");
+
+    cfg.set("log.format", "text");
+    let mut relay = RelayProcess::spawn(&bin(), &cfg.to_toml(), &[("JOURNAL_STREAM", "8:1234")])?;
+    let status = relay
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .context("no exit")?;
+    let logs = relay.logs();
+    ensure!(status.code() == Some(69), "{status:?}\n{logs}");
+    let logged: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains(" INFO "))
+        .collect();
+    ensure!(!logged.is_empty(), "{logs}");
+    for line in logged {
+        // No RFC 3339 timestamp first ("2026-11-26T..."): the level leads.
+        ensure!(
+            !line.trim_start().starts_with("20"),
+            "a timestamp under journald: {line}"
+        );
+    }
+    Ok(())
 }
