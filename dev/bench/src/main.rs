@@ -1426,7 +1426,22 @@ async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
     }
     if opts.steady_only {
         let mut r = Report::default();
-        let res = steady_relay(opts, &mut r).await;
+        // The same unrecorded warm-up as a full run: a fresh broker JVM is still compiling.
+        let res = async {
+            log("== warm-up (not recorded): a relay drain of 100k rows");
+            backlog_run(
+                opts,
+                None,
+                &mut Report::default(),
+                "warm-up",
+                100_000,
+                100,
+                false,
+            )
+            .await?;
+            steady_relay(opts, &mut r).await
+        }
+        .await;
         *lock(report) = r;
         return res;
     }
