@@ -554,3 +554,70 @@ fn table_names_parse_like_sql() {
         assert!(t(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn more_invalid_values_each_name_their_key() {
+    let long = "p".repeat(64);
+    let cases: Vec<(String, &str)> = vec![
+        ("[routing.topics]\n\"\" = \"x\"\n".into(), "routing.topics.\"\""),
+        (
+            "[routing.topics]\nBooking = \"cp\"\n[kafka]\ncheckpoint_topic = \"cp\"\n".into(),
+            "routing.topics.\"Booking\"",
+        ),
+        ("[routing]\nstrict = true\n".into(), "routing.strict"),
+        (
+            "[errors]\ndead_letter_topic = \"cp\"\n[kafka]\ncheckpoint_topic = \"cp\"\n".into(),
+            "errors.dead_letter_topic",
+        ),
+        (
+            "[postgres]\nsslmode = \"disable\"\nsslrootcert = \"/ca.pem\"\n".into(),
+            "postgres.sslrootcert",
+        ),
+        (format!("[postgres]\npublication = \"{long}\"\n"), "postgres.publication"),
+        (format!("[postgres]\nslot = \"{long}\"\n"), "postgres.slot"),
+        ("[routing]\ntopic_template = \"a}b\"\n".into(), "routing.topic_template"),
+        ("[kafka.properties]\n\" \" = \"x\"\n".into(), "kafka.properties.\" \""),
+        ("[kafka]\nbootstrap_servers = \"a:1,,b:2\"\n".into(), "kafka.bootstrap_servers"),
+        (
+            "[kafka]\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n".into(),
+            "kafka.sasl_username",
+        ),
+        (
+            "[kafka]\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"SCRAM-SHA-512\"\nsasl_username = \"u\"\n"
+                .into(),
+            "kafka.sasl_password",
+        ),
+        ("[kafka]\nsasl_password = \"pw\"\n".into(), "kafka.sasl_password"),
+        ("[kafka]\nssl_ca_location = \"/ca.pem\"\n".into(), "kafka.ssl_ca_location"),
+        ("[outbox]\ntable = '\"\".outbox'\n".into(), "outbox.table"),
+        (format!("[outbox]\ntable = \"public.{long}\"\n"), "outbox.table"),
+    ];
+    for (toml, key) in cases {
+        let (err, text) = load_err(&toml, &[]);
+        assert_eq!(err.key(), Some(key), "{toml}: {text}");
+        assert!(
+            err.path()
+                .to_string_lossy()
+                .contains("outbox-relay-config-"),
+            "{text}"
+        );
+        assert!(!text.contains("pw\""), "{text}");
+    }
+}
+
+#[test]
+fn sasl_plain_over_plaintext_loads_with_a_warning() {
+    let loaded = load(
+        "[kafka]\nsecurity_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"PLAIN\"\nsasl_username = \"u\"\nsasl_password = \"pw\"\n",
+        &[],
+    )
+    .unwrap();
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.contains("kafka.sasl_mechanism") && w.contains("unencrypted")),
+        "{:?}",
+        loaded.warnings
+    );
+}
