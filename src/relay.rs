@@ -646,18 +646,9 @@ impl Pipeline<'_> {
                 if end_lsn > self.pending_resume {
                     self.pending_resume = end_lsn;
                 }
-                // At a commit boundary: cut the Kafka transaction when it is full or old enough
-                // (checked here too, not only by the timer, so a steady stream of small
-                // transactions still commits every max_delay).
-                if self.txn_records > 0
-                    && self.stop_after.is_none()
-                    && self.in_flight.is_none()
-                    && (self.txn_records >= self.batch.max_events
-                        || self.txn_bytes >= self.batch.max_bytes
-                        || self
-                            .txn_opened_at
-                            .is_some_and(|t| t.elapsed() >= self.batch.max_delay))
-                {
+                // Checked here too, not only by the timer, so a steady stream of small
+                // transactions still commits every max_delay.
+                if self.commit_due_at_boundary() {
                     self.commit(None)?;
                 }
             }
@@ -1035,8 +1026,18 @@ impl Pipeline<'_> {
             }
         }
         self.backlog_bytes = 0;
-        // What grew while the commit ran may be due already (at a Postgres commit boundary).
-        if self.cur.is_none()
+        // What grew while the commit ran may be due already.
+        if self.commit_due_at_boundary() {
+            self.commit(None)?;
+        }
+        Ok(())
+    }
+
+    /// At a Postgres commit boundary, with no commit running: whether the open Kafka transaction
+    /// is full or old enough to cut now.
+    fn commit_due_at_boundary(&self) -> bool {
+        self.cur.is_none()
+            && self.in_flight.is_none()
             && self.stop_after.is_none()
             && self.txn_records > 0
             && (self.txn_records >= self.batch.max_events
@@ -1044,10 +1045,6 @@ impl Pipeline<'_> {
                 || self
                     .txn_opened_at
                     .is_some_and(|t| t.elapsed() >= self.batch.max_delay))
-        {
-            self.commit(None)?;
-        }
-        Ok(())
     }
 }
 

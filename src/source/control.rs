@@ -545,14 +545,12 @@ mod tests {
             "{err:?}"
         );
         // A file without any certificate: verify-ca cannot build a verifier from no roots.
-        let dir = std::env::temp_dir().join(format!("outbox-relay-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let empty = dir.join("empty.pem");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").expect("write");
-        let err = tls::connector(&settings("verify-ca", Some(empty.clone())))
+        let err = tls::connector(&settings("verify-ca", Some(empty)))
             .err()
             .expect("no roots");
         assert!(err.message().contains("postgres.sslrootcert"), "{err:?}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

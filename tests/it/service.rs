@@ -869,14 +869,20 @@ async fn json_logs_parse_line_by_line_and_journald_text_has_no_timestamp() -> Re
     cfg.set("retry.max_backoff_ms", 200i64);
     cfg.set("retry.max_elapsed_ms", 1_000i64);
 
+    // Runs the relay until it gives up (exit 69) and returns what it logged.
+    async fn logs_until_exit_69(cfg: &RelayConfig, env: &[(&str, &str)]) -> Result<String> {
+        let mut relay = RelayProcess::spawn(&bin(), &cfg.to_toml(), env)?;
+        let status = relay
+            .wait_exit(Duration::from_secs(60))
+            .await
+            .context("no exit")?;
+        let logs = relay.logs();
+        ensure!(status.code() == Some(69), "{status:?}\n{logs}");
+        Ok(logs)
+    }
+
     cfg.set("log.format", "json");
-    let mut relay = RelayProcess::spawn(&bin(), &cfg.to_toml(), &[])?;
-    let status = relay
-        .wait_exit(Duration::from_secs(60))
-        .await
-        .context("no exit")?;
-    let logs = relay.logs();
-    ensure!(status.code() == Some(69), "{status:?}\n{logs}");
+    let logs = logs_until_exit_69(&cfg, &[]).await?;
     let mut objects = 0;
     for line in logs.lines().filter(|l| l.starts_with('{')) {
         let v: serde_json::Value =
@@ -890,13 +896,7 @@ async fn json_logs_parse_line_by_line_and_journald_text_has_no_timestamp() -> Re
     ensure!(objects >= 3, "too few JSON log lines:\n{logs}");
 
     cfg.set("log.format", "text");
-    let mut relay = RelayProcess::spawn(&bin(), &cfg.to_toml(), &[("JOURNAL_STREAM", "8:1234")])?;
-    let status = relay
-        .wait_exit(Duration::from_secs(60))
-        .await
-        .context("no exit")?;
-    let logs = relay.logs();
-    ensure!(status.code() == Some(69), "{status:?}\n{logs}");
+    let logs = logs_until_exit_69(&cfg, &[("JOURNAL_STREAM", "8:1234")]).await?;
     let logged: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains(" INFO "))

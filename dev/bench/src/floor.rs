@@ -10,28 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use outbox_relay_dev::util::random_suffix;
 use outbox_relay_dev::Kafka;
-use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::producer::{DeliveryResult, ProducerContext};
-
-/// Prints librdkafka's debug log with a clock (BENCH_FLOOR_DEBUG=eos,protocol,...).
-struct FloorContext(Instant);
-
-impl ClientContext for FloorContext {
-    fn log(&self, _level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        eprintln!(
-            "[{:>9.3} ms] {fac} {log_message}",
-            self.0.elapsed().as_secs_f64() * 1000.0
-        );
-    }
-}
-
-impl ProducerContext for FloorContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, _: &DeliveryResult<'_>, _: ()) {}
-}
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 /// Cycle times of `begin; produce one record to a data topic and one to a checkpoint topic;
 /// commit`, in milliseconds, sorted.
@@ -41,11 +21,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 /// first runs its own `flush`, which polls in 100 ms slices that do not end early, so a commit
 /// with anything in flight costs at least 100 ms; with nothing in flight that flush returns at
 /// once.
-pub async fn kafka_txn_cycles(
-    cycles: usize,
-    retry_backoff_ms: u32,
-    await_deliveries: bool,
-) -> Result<Vec<f64>> {
+pub async fn kafka_txn_cycles(cycles: usize, await_deliveries: bool) -> Result<Vec<f64>> {
     let kafka = Kafka::shared();
     let suffix = random_suffix();
     let data = format!("bench-floor-{suffix}");
@@ -57,19 +33,15 @@ pub async fn kafka_txn_cycles(
     let bootstrap = kafka.bootstrap();
     tokio::task::spawn_blocking(move || -> Result<Vec<f64>> {
         // The relay's own producer settings (src/sink): exactly-once, lz4, short linger.
-        let mut cc = ClientConfig::new();
-        if let Ok(d) = std::env::var("BENCH_FLOOR_DEBUG") {
-            cc.set("debug", d).set_log_level(RDKafkaLogLevel::Debug);
-        }
-        let p: ThreadedProducer<FloorContext> = cc
+        let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
             .set("transactional.id", format!("bench-floor-{suffix}"))
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
-            .set("retry.backoff.ms", retry_backoff_ms.to_string())
-            .create_with_context(FloorContext(Instant::now()))
+            .set("retry.backoff.ms", "10")
+            .create()
             .context("create the floor producer")?;
         p.init_transactions(Duration::from_secs(30))?;
         let value = "x".repeat(300);
@@ -82,20 +54,12 @@ pub async fn kafka_txn_cycles(
                 .map_err(|(e, _)| e)?;
             p.send(BaseRecord::to(&ckpt).key("slot").payload("checkpoint"))
                 .map_err(|(e, _)| e)?;
-            let t_sent = t.elapsed();
             if await_deliveries {
                 while p.in_flight_count() > 0 {
                     std::thread::sleep(Duration::from_micros(500));
                 }
             }
-            let t_flushed = t.elapsed();
             p.commit_transaction(Duration::from_secs(30))?;
-            if std::env::var_os("BENCH_FLOOR_PHASES").is_some() && i % 20 == 0 {
-                eprintln!(
-                    "floor phases: sent {t_sent:?} flushed {t_flushed:?} committed {:?}",
-                    t.elapsed()
-                );
-            }
             // The first cycles include connecting to the coordinator and partition leaders.
             if i >= 10 {
                 ms.push(t.elapsed().as_secs_f64() * 1000.0);

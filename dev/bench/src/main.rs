@@ -37,16 +37,23 @@ const PARTITIONS: i32 = 3;
 // ---------------------------------------------------------------------------------------------
 // Options and sizes.
 
+/// The probes: one section without the rest of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Only {
+    /// The Kafka transaction floor (section 0).
+    Floor,
+    /// The relay's steady state (section 4), with a per-second latency timeline.
+    Steady,
+    /// The backlog drains of the relay beside the decoding limit (section 1, no Debezium).
+    Drain,
+}
+
 #[derive(Debug, Clone)]
 struct Opts {
     quick: bool,
     debezium: bool,
-    /// Only the Kafka transaction floor (section 0): a quick probe of the broker.
-    floor_only: bool,
-    /// Only the relay's steady state (section 4), with a per-second latency timeline.
-    steady_only: bool,
-    /// Only the backlog drains of the relay and the decoding limit (section 1, no Debezium).
-    drain_only: bool,
+    /// One section alone, for quick before/after checks.
+    only: Option<Only>,
     out: PathBuf,
     relay_bin: PathBuf,
     runs: usize,
@@ -61,9 +68,7 @@ impl Opts {
     fn parse() -> Result<Opts> {
         let mut quick = false;
         let mut debezium = true;
-        let mut floor_only = false;
-        let mut steady_only = false;
-        let mut drain_only = false;
+        let mut only = None;
         let mut out = None;
         let mut relay_bin = std::env::var_os("OUTBOX_RELAY_BIN").map(PathBuf::from);
         let mut args = std::env::args().skip(1);
@@ -71,9 +76,9 @@ impl Opts {
             match a.as_str() {
                 "--quick" => quick = true,
                 "--no-debezium" => debezium = false,
-                "--floor-only" => floor_only = true,
-                "--steady-only" => steady_only = true,
-                "--drain-only" => drain_only = true,
+                "--floor-only" => only = Some(Only::Floor),
+                "--steady-only" => only = Some(Only::Steady),
+                "--drain-only" => only = Some(Only::Drain),
                 "--out" => out = Some(PathBuf::from(args.next().context("--out <file>")?)),
                 "--relay-bin" => {
                     relay_bin = Some(PathBuf::from(args.next().context("--relay-bin <path>")?))
@@ -100,9 +105,7 @@ impl Opts {
             Opts {
                 quick,
                 debezium,
-                floor_only,
-                steady_only,
-                drain_only,
+                only,
                 out,
                 relay_bin,
                 runs: 1,
@@ -116,9 +119,7 @@ impl Opts {
             Opts {
                 quick,
                 debezium,
-                floor_only,
-                steady_only,
-                drain_only,
+                only,
                 out,
                 relay_bin,
                 runs: 3,
@@ -1019,9 +1020,6 @@ async fn steady_relay(opts: &Opts, report: &mut Report) -> Result<()> {
     )
     .await?;
     let st = ProcStat::read(pid)?;
-    if opts.steady_only {
-        let _ = std::fs::copy(relay.log_path(), "/tmp/bench-steady-relay.log");
-    }
     stop_relay(relay).await?;
     let commit_lat: Vec<f64> = got
         .iter()
@@ -1032,7 +1030,7 @@ async fn steady_relay(opts: &Opts, report: &mut Report) -> Result<()> {
         .iter()
         .filter_map(|(id, at, _, _)| acks.get(id).map(|a| (at - a) as f64 / 1000.0))
         .collect();
-    if opts.steady_only {
+    if opts.only == Some(Only::Steady) {
         // Worst latency per second of the run (by Postgres commit time): start-up or periodic?
         let mut per_sec: std::collections::BTreeMap<i64, (f64, usize)> = Default::default();
         // Split: Postgres commit -> produced by the relay, produced -> received (commit + fetch).
@@ -1392,15 +1390,26 @@ async fn main() -> Result<()> {
     res
 }
 
+/// A relay drain that is not recorded, before the measured runs: the broker is a fresh JVM, and
+/// its JIT compilers took ~22% of this 2-core machine during the first drain (perf: C2/C1
+/// CompilerThreads), which skewed whichever run came first.
+async fn warm_up(opts: &Opts, rows: i64) -> Result<()> {
+    log(format!(
+        "== warm-up (not recorded): a relay drain of {rows} rows"
+    ));
+    let mut scratch = Report::default();
+    backlog_run(opts, None, &mut scratch, "warm-up", rows, 100, false).await
+}
+
 /// Section 0: the cost of one bare Kafka transaction (see `floor.rs`), with the relay's
 /// way of committing and without it.
 async fn floor_run(r: &mut Report) -> Result<()> {
     let s = "0. Kafka transaction floor (librdkafka, 1 record + checkpoint, no relay)";
-    for (backoff, wait, label) in [
-        (10, false, "commit_transaction at once (rust-rdkafka flush)"),
-        (10, true, "deliveries awaited first, as the relay"),
+    for (wait, label) in [
+        (false, "commit_transaction at once (rust-rdkafka flush)"),
+        (true, "deliveries awaited first, as the relay"),
     ] {
-        let ms = floor::kafka_txn_cycles(200, backoff, wait).await?;
+        let ms = floor::kafka_txn_cycles(200, wait).await?;
         let (p50, p99) = (percentile(&ms, 50.0), percentile(&ms, 99.0));
         log(format!(
             "floor ({label}): commit cycle p50 {p50:.1} ms, p99 {p99:.1} ms"
@@ -1411,59 +1420,33 @@ async fn floor_run(r: &mut Report) -> Result<()> {
     Ok(())
 }
 
-async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
-    if opts.drain_only {
-        let mut r = Report::default();
-        let res = async {
+/// One section alone (`--floor-only`, `--steady-only`, `--drain-only`).
+async fn probe(opts: &Opts, only: Only, r: &mut Report) -> Result<()> {
+    match only {
+        Only::Floor => floor_run(r).await,
+        Only::Steady => {
+            warm_up(opts, 100_000).await?;
+            steady_relay(opts, r).await
+        }
+        Only::Drain => {
+            warm_up(opts, 100_000).await?;
             let b = "1. backlog drain, 100-row txns";
             let one = "1. backlog drain, 1-row txns";
-            log("== warm-up (not recorded): a relay drain of 100k rows");
-            backlog_run(
-                opts,
-                None,
-                &mut Report::default(),
-                "warm-up",
-                100_000,
-                100,
-                false,
-            )
-            .await?;
             for _ in 0..opts.runs {
-                backlog_run(opts, None, &mut r, b, opts.rows_batched, 100, true).await?;
+                backlog_run(opts, None, r, b, opts.rows_batched, 100, true).await?;
             }
             for _ in 0..opts.runs {
-                backlog_run(opts, None, &mut r, one, opts.rows_single, 1, true).await?;
+                backlog_run(opts, None, r, one, opts.rows_single, 1, true).await?;
             }
             Ok(())
         }
-        .await;
-        *lock(report) = r;
-        return res;
     }
-    if opts.steady_only {
+}
+
+async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
+    if let Some(only) = opts.only {
         let mut r = Report::default();
-        // The same unrecorded warm-up as a full run: a fresh broker JVM is still compiling.
-        let res = async {
-            log("== warm-up (not recorded): a relay drain of 100k rows");
-            backlog_run(
-                opts,
-                None,
-                &mut Report::default(),
-                "warm-up",
-                100_000,
-                100,
-                false,
-            )
-            .await?;
-            steady_relay(opts, &mut r).await
-        }
-        .await;
-        *lock(report) = r;
-        return res;
-    }
-    if opts.floor_only {
-        let mut r = Report::default();
-        let res = floor_run(&mut r).await;
+        let res = probe(opts, only, &mut r).await;
         *lock(report) = r;
         return res;
     }
@@ -1482,23 +1465,7 @@ async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
     let b = "1. backlog drain, 100-row txns";
     let one = "1. backlog drain, 1-row txns";
     let result: Result<()> = async {
-        // Warm-up, not recorded: the broker is a fresh JVM, and its JIT compilers took ~22% of
-        // this 2-core machine during the first drain (perf: C2/C1 CompilerThreads), which skews
-        // whichever run comes first.
-        let warm = opts.rows_batched.min(300_000);
-        log(format!(
-            "== warm-up (not recorded): a relay drain of {warm} rows"
-        ));
-        backlog_run(
-            opts,
-            None,
-            &mut Report::default(),
-            "warm-up",
-            warm,
-            100,
-            false,
-        )
-        .await?;
+        warm_up(opts, opts.rows_batched.min(300_000)).await?;
         for i in 0..opts.runs {
             log(format!(
                 "== Kafka transaction floor, run {}/{}",
