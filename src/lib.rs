@@ -11,6 +11,7 @@
 pub mod config;
 pub mod decode;
 pub mod error;
+pub mod lsn;
 pub mod relay;
 pub mod route;
 pub mod shutdown;
@@ -18,3 +19,5 @@ pub mod sink;
 pub mod source;
 pub mod status;
 pub mod telemetry;
+
+pub use lsn::Lsn;

@@ -30,11 +30,12 @@ use bytes::Bytes;
 
 use crate::decode::{self, ColumnMap, InsertError, OutboxDecoder, PgOutput};
 use crate::error::{Error, Kind, Result};
+use crate::lsn::Lsn;
 use crate::route::{Position, Record, RouteError, Router, RouterSettings};
 use crate::shutdown::Shutdown;
 use crate::sink::{self, Checkpoint, Partial, SendError, Sink, SinkSettings};
 use crate::source::control::Control;
-use crate::source::{lsn, SourceEvent, SourceSettings, Stream};
+use crate::source::{SourceEvent, SourceSettings, Stream};
 use crate::telemetry::{Status, TxnStats};
 use tokio::sync::watch;
 
@@ -249,17 +250,17 @@ async fn session(
             src.slot
         ))
     })?;
-    let confirmed = slot.confirmed_flush_lsn.unwrap_or(0);
+    let confirmed = slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
     let (resume_lsn, partial) = match &checkpoint {
         Some(cp) => {
             if confirmed > cp.resume_lsn {
                 return Err(Error::invariant(format!(
                     "slot {:?} has confirmed_flush_lsn {} but the checkpoint in {:?} (key {:?}) says only up to {} is published: something advanced the slot behind the relay's back, and events in between may be lost. Investigate, then either reset the checkpoint (see README) or recreate the slot",
                     src.slot,
-                    lsn::format(confirmed),
+                    confirmed,
                     sink_settings.checkpoint_topic,
                     sink_settings.checkpoint_key,
-                    lsn::format(cp.resume_lsn),
+                    cp.resume_lsn,
                 )));
             }
             (cp.resume_lsn, cp.partial)
@@ -267,7 +268,7 @@ async fn session(
         None => {
             tracing::info!(
                 slot = %src.slot,
-                confirmed_flush_lsn = %lsn::format(confirmed),
+                confirmed_flush_lsn = %confirmed,
                 "no checkpoint yet for this slot: publishing from the slot's position"
             );
             (confirmed, None)
@@ -277,13 +278,15 @@ async fn session(
         version = env!("CARGO_PKG_VERSION"),
         slot = %src.slot,
         transactional_id = %sink_settings.transactional_id,
-        resume_lsn = %lsn::format(resume_lsn),
+        resume_lsn = %resume_lsn,
         partial = ?partial,
         system_id = %stream.system_id,
         "outbox-relay started: slot acquired, producer initialised, checkpoint read"
     );
     stream.ack(resume_lsn);
-    status.checkpoint_lsn.store(resume_lsn, Ordering::Relaxed);
+    status
+        .checkpoint_lsn
+        .store(resume_lsn.as_u64(), Ordering::Relaxed);
     status.set_ready(true);
     *made_progress = true;
     let current = live.borrow_and_update().clone();
@@ -317,7 +320,7 @@ async fn session(
         txn_opened_at: None,
         txn_bytes: 0,
         last_commit_at: Instant::now(),
-        wal_end: 0,
+        wal_end: Lsn::ZERO,
     };
     let result = pipe.run(shutdown).await;
     if result.is_err() {
@@ -338,7 +341,7 @@ async fn session(
 /// The Postgres transaction being received.
 #[derive(Debug, Clone, Copy)]
 struct CurTxn {
-    final_lsn: u64,
+    final_lsn: Lsn,
     xid: u32,
     commit_ts_micros: i64,
     /// Outbox changes seen so far in this transaction.
@@ -416,17 +419,17 @@ struct Pipeline<'a> {
     stats: TxnStats,
     status: Arc<Status>,
     /// Committed in Kafka and acknowledged: the end LSN of the last fully published transaction.
-    resume_lsn: u64,
+    resume_lsn: Lsn,
     /// The checkpoint's partial transaction, consulted at the first Begin of the session.
     partial_at_start: Option<Partial>,
     /// What the next commit may checkpoint: the end of the last transaction fully received
     /// (and queued in the open Kafka transaction), or a keepalive's WAL end while idle.
-    pending_resume: u64,
+    pending_resume: Lsn,
     cur: Option<CurTxn>,
     txn_opened_at: Option<Instant>,
     txn_bytes: u64,
     last_commit_at: Instant,
-    wal_end: u64,
+    wal_end: Lsn,
 }
 
 impl Pipeline<'_> {
@@ -546,7 +549,7 @@ impl Pipeline<'_> {
         if let Some(restart) = slot.restart_lsn {
             self.status
                 .slot_restart_lsn
-                .store(restart, Ordering::Relaxed);
+                .store(restart.as_u64(), Ordering::Relaxed);
         }
         // For the lag and retained-WAL gauges only: a failure here is not the session's.
         if let Ok(Ok(current)) =
@@ -554,7 +557,7 @@ impl Pipeline<'_> {
         {
             self.status
                 .server_current_lsn
-                .store(current, Ordering::Relaxed);
+                .store(current.as_u64(), Ordering::Relaxed);
         }
         Ok(())
     }
@@ -585,7 +588,7 @@ impl Pipeline<'_> {
             return Err(e);
         }
         tracing::info!(
-            resume_lsn = %lsn::format(self.resume_lsn),
+            resume_lsn = %self.resume_lsn,
             "drained: everything received is committed in Kafka and acknowledged"
         );
         Ok(())
@@ -621,8 +624,8 @@ impl Pipeline<'_> {
                         return Err(Error::invariant(format!(
                             "the checkpoint says transaction xid {} (commit {}) was partly published, but the stream resumed with xid {xid} (commit {}): the slot does not match the checkpoint",
                             p.xid,
-                            lsn::format(p.final_lsn),
-                            lsn::format(final_lsn)
+                            p.final_lsn,
+                            final_lsn
                         )));
                     }
                     skip_through = p.next_index;
@@ -657,7 +660,7 @@ impl Pipeline<'_> {
                 self.wal_end = self.wal_end.max(wal_end);
                 self.status
                     .server_wal_end
-                    .store(self.wal_end, Ordering::Relaxed);
+                    .store(self.wal_end.as_u64(), Ordering::Relaxed);
                 // Between transactions, everything before the server's sent position has been
                 // received: while nothing is open, that position may be checkpointed (as
                 // Postgres' own apply worker reports it), so an idle outbox never pins WAL.
@@ -669,12 +672,12 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    fn change(&mut self, change_lsn: u64, data: Bytes) -> Result<()> {
+    fn change(&mut self, change_lsn: Lsn, data: Bytes) -> Result<()> {
         // Retrying would re-read the same bytes: an undecodable message stops the relay.
         let msg = decode::decode(data).map_err(|e| {
             Error::internal(format!(
                 "postgres: undecodable pgoutput message at {}",
-                lsn::format(change_lsn)
+                change_lsn
             ))
             .with_source(e)
         })?;
@@ -751,7 +754,7 @@ impl Pipeline<'_> {
                     Err(e) => {
                         return Err(Error::config(format!(
                             "postgres: the outbox stream does not match the configuration at {}",
-                            lsn::format(change_lsn)
+                            change_lsn
                         ))
                         .with_source(e))
                     }
@@ -866,7 +869,7 @@ impl Pipeline<'_> {
                 Kind::BadRow,
                 format!(
                     "outbox row {id} at {} (xid {}) cannot be published: {reason}: {detail} (errors.on_error = \"stop\"; fix the row or the configuration, then start again: nothing past it was acknowledged)",
-                    lsn::format(pos.lsn),
+                    pos.lsn,
                     pos.xid
                 ),
             ));
@@ -875,14 +878,14 @@ impl Pipeline<'_> {
             OnError::DeadLetter(topic) => {
                 tracing::warn!(
                     event_id = id,
-                    pg_lsn = %lsn::format(pos.lsn),
+                    pg_lsn = %pos.lsn,
                     reason,
                     "dead-lettering outbox row: {detail}"
                 );
                 let mut headers = vec![
                     ("dlq_reason".into(), Bytes::from_static(reason.as_bytes())),
                     ("dlq_detail".into(), Bytes::from(detail)),
-                    ("pg_lsn".into(), Bytes::from(lsn::format(pos.lsn))),
+                    ("pg_lsn".into(), Bytes::from(pos.lsn.to_string())),
                     ("pg_xid".into(), Bytes::from(pos.xid.to_string())),
                 ];
                 if let Some(id) = event_id {
@@ -911,7 +914,7 @@ impl Pipeline<'_> {
                         Kind::BadRow,
                         format!(
                             "outbox row {id} at {} could not be dead-lettered either: {size} bytes of headers",
-                            lsn::format(pos.lsn)
+                            pos.lsn
                         ),
                     ));
                 }
@@ -1006,11 +1009,11 @@ impl Pipeline<'_> {
         self.resume_lsn = resume;
         self.stream.ack(resume);
         self.last_commit_at = Instant::now();
-        self.status.committed(&mut flight.stats, resume);
+        self.status.committed(&mut flight.stats, resume.as_u64());
         tracing::debug!(
             events = flight.events,
             commit_ms = flight.started.elapsed().as_millis() as u64,
-            resume_lsn = %lsn::format(resume),
+            resume_lsn = %resume,
             partial = ?flight.checkpoint.partial,
             "committed"
         );
@@ -1273,7 +1276,7 @@ pub async fn check_servers(settings: &RelaySettings) -> Result<Vec<String>> {
             "postgres: slot {:?} exists (confirmed_flush_lsn {}, wal_status {}, active {})",
             src.slot,
             slot.confirmed_flush_lsn
-                .map(lsn::format)
+                .map(|l| l.to_string())
                 .unwrap_or_else(|| "-".into()),
             slot.wal_status.as_deref().unwrap_or("-"),
             slot.active

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::decode::OutboxRow;
-use crate::source::lsn;
+use crate::lsn::Lsn;
 
 /// Names of the headers the relay sets; a row's own headers may not override them.
 pub const RESERVED_HEADERS: [&str; 7] = [
@@ -52,7 +52,7 @@ pub type Header = (Cow<'static, str>, Bytes);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
     /// LSN of the change.
-    pub lsn: u64,
+    pub lsn: Lsn,
     /// Transaction id.
     pub xid: u32,
     /// Commit time, microseconds since 2000-01-01.
@@ -192,7 +192,7 @@ impl Router {
         if let Some(created_at) = row.created_at {
             headers.push((Cow::Borrowed("created_at"), Bytes::from(created_at)));
         }
-        headers.push((Cow::Borrowed("pg_lsn"), Bytes::from(lsn::format(pos.lsn))));
+        headers.push((Cow::Borrowed("pg_lsn"), Bytes::from(pos.lsn.to_string())));
         let (xid, ts) = self.txn_headers(pos);
         headers.push((Cow::Borrowed("pg_xid"), xid));
         headers.push((Cow::Borrowed("pg_commit_ts"), ts));
@@ -345,7 +345,7 @@ mod tests {
     }
 
     const POS: Position = Position {
-        lsn: 0x16_B374_D848,
+        lsn: Lsn(0x16_B374_D848),
         xid: 771,
         commit_ts_micros: 0,
     };

@@ -20,7 +20,6 @@ use crate::error::{Kind, Result};
 use crate::relay::RelaySettings;
 use crate::sink::checkpoint;
 use crate::source::control::Control;
-use crate::source::lsn;
 
 /// Everything `status` reports.
 #[derive(Debug, Serialize)]
@@ -146,12 +145,15 @@ pub async fn collect(settings: &RelaySettings) -> Result<Report> {
         confirmed_flush_lsn: slot
             .as_ref()
             .and_then(|s| s.confirmed_flush_lsn)
-            .map(lsn::format),
-        restart_lsn: slot.as_ref().and_then(|s| s.restart_lsn).map(lsn::format),
+            .map(|l| l.to_string()),
+        restart_lsn: slot
+            .as_ref()
+            .and_then(|s| s.restart_lsn)
+            .map(|l| l.to_string()),
         retained_wal_bytes: slot
             .as_ref()
             .and_then(|s| s.restart_lsn)
-            .map(|r| current.saturating_sub(r)),
+            .map(|r| current.bytes_since(r)),
         wal_status: slot.as_ref().and_then(|s| s.wal_status.clone()),
         invalidated: slot
             .as_ref()
@@ -184,9 +186,9 @@ pub async fn collect(settings: &RelaySettings) -> Result<Report> {
         topic,
         key,
         found: cp.is_some(),
-        resume_lsn: cp.as_ref().map(|c| lsn::format(c.resume_lsn)),
+        resume_lsn: cp.as_ref().map(|c| c.resume_lsn.to_string()),
         partial: cp.as_ref().and_then(|c| c.partial).map(|p| PartialReport {
-            final_lsn: lsn::format(p.final_lsn),
+            final_lsn: p.final_lsn.to_string(),
             xid: p.xid,
             next_index: p.next_index,
         }),
@@ -197,8 +199,8 @@ pub async fn collect(settings: &RelaySettings) -> Result<Report> {
         postgres: src.address(),
         database: src.dbname.clone(),
         system_identifier: system_id,
-        server_wal_lsn: lsn::format(current),
-        lag_bytes: cp.as_ref().map(|c| current.saturating_sub(c.resume_lsn)),
+        server_wal_lsn: current.to_string(),
+        lag_bytes: cp.as_ref().map(|c| current.bytes_since(c.resume_lsn)),
         slot: slot_report,
         checkpoint,
         slot_held,

@@ -18,13 +18,13 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::source::lsn;
+use crate::lsn::Lsn;
 
 /// Where publishing stands, as stored in the checkpoint topic.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Checkpoint {
     /// End LSN of the last Postgres transaction fully published.
-    pub resume_lsn: u64,
+    pub resume_lsn: Lsn,
     /// A Postgres transaction published in part (split), if any.
     pub partial: Option<Partial>,
 }
@@ -33,7 +33,7 @@ pub struct Checkpoint {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Partial {
     /// The transaction's commit LSN (from its Begin message).
-    pub final_lsn: u64,
+    pub final_lsn: Lsn,
     /// The transaction's id.
     pub xid: u32,
     /// How many of its outbox changes are already published (an ordinal, not an LSN).
@@ -45,7 +45,7 @@ pub struct Partial {
 #[serde(deny_unknown_fields)]
 struct Wire {
     version: u32,
-    resume_lsn: String,
+    resume_lsn: Lsn,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     partial: Option<WirePartial>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -55,7 +55,7 @@ struct Wire {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WirePartial {
-    final_lsn: String,
+    final_lsn: Lsn,
     xid: u32,
     next_index: u64,
 }
@@ -65,9 +65,9 @@ impl Checkpoint {
     pub fn encode(&self) -> Vec<u8> {
         let wire = Wire {
             version: 1,
-            resume_lsn: lsn::format(self.resume_lsn),
+            resume_lsn: self.resume_lsn,
             partial: self.partial.map(|p| WirePartial {
-                final_lsn: lsn::format(p.final_lsn),
+                final_lsn: p.final_lsn,
                 xid: p.xid,
                 next_index: p.next_index,
             }),
@@ -86,19 +86,13 @@ impl Checkpoint {
         if wire.version != 1 {
             return Err(format!("unsupported checkpoint version {}", wire.version));
         }
-        let partial = match wire.partial {
-            None => None,
-            Some(p) => Some(Partial {
-                final_lsn: lsn::parse(&p.final_lsn)
-                    .ok_or_else(|| format!("bad partial.final_lsn {:?}", p.final_lsn))?,
+        Ok(Self {
+            resume_lsn: wire.resume_lsn,
+            partial: wire.partial.map(|p| Partial {
+                final_lsn: p.final_lsn,
                 xid: p.xid,
                 next_index: p.next_index,
             }),
-        };
-        Ok(Self {
-            resume_lsn: lsn::parse(&wire.resume_lsn)
-                .ok_or_else(|| format!("bad resume_lsn {:?}", wire.resume_lsn))?,
-            partial,
         })
     }
 }
@@ -187,9 +181,9 @@ mod tests {
     #[test]
     fn round_trip() {
         let cp = Checkpoint {
-            resume_lsn: 0x16_B374_D848,
+            resume_lsn: Lsn(0x16_B374_D848),
             partial: Some(Partial {
-                final_lsn: 0x17_0000_0010,
+                final_lsn: Lsn(0x17_0000_0010),
                 xid: 771,
                 next_index: 10_000,
             }),

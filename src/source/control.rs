@@ -5,8 +5,9 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
-use super::{lsn, SourceSettings};
+use super::SourceSettings;
 use crate::error::{Error, Kind, Result};
+use crate::lsn::Lsn;
 
 /// The slot as `pg_replication_slots` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,9 +17,9 @@ pub struct SlotInfo {
     /// Database the slot decodes.
     pub database: Option<String>,
     /// Position up to which the consumer confirmed.
-    pub confirmed_flush_lsn: Option<u64>,
+    pub confirmed_flush_lsn: Option<Lsn>,
     /// Oldest WAL the slot retains.
-    pub restart_lsn: Option<u64>,
+    pub restart_lsn: Option<Lsn>,
     /// reserved, extended, unreserved or lost.
     pub wal_status: Option<String>,
     /// Whether a session streams from it.
@@ -251,8 +252,8 @@ impl Control {
         Ok(row.map(|r| SlotInfo {
             plugin: r.get(0),
             database: r.get(1),
-            confirmed_flush_lsn: r.get::<_, Option<String>>(2).and_then(|t| lsn::parse(&t)),
-            restart_lsn: r.get::<_, Option<String>>(3).and_then(|t| lsn::parse(&t)),
+            confirmed_flush_lsn: r.get::<_, Option<String>>(2).and_then(|t| t.parse().ok()),
+            restart_lsn: r.get::<_, Option<String>>(3).and_then(|t| t.parse().ok()),
             wal_status: r.get(4),
             active: r.get(5),
             active_pid: r.get(6),
@@ -260,16 +261,15 @@ impl Control {
     }
 
     /// The server's current WAL write position (`pg_current_wal_lsn()`).
-    pub async fn current_wal_lsn(&self) -> Result<u64> {
+    pub async fn current_wal_lsn(&self) -> Result<Lsn> {
         let row = self
             .client
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
             .await
             .map_err(|e| self.err("SELECT pg_current_wal_lsn()", e))?;
         let text: String = row.get(0);
-        lsn::parse(&text).ok_or_else(|| {
-            Error::internal(format!("postgres: unreadable pg_current_wal_lsn {text:?}"))
-        })
+        text.parse()
+            .map_err(|e| Error::internal("postgres: unreadable pg_current_wal_lsn").with_source(e))
     }
 
     /// The system identifier, as IDENTIFY_SYSTEM reports it (`pg_control_system()`, executable

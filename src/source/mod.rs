@@ -10,7 +10,6 @@
 //! committed position ever flows back ([`Stream::ack`]); the received one stays in the relay.
 
 pub mod control;
-pub mod lsn;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +20,7 @@ use pgwire_replication::{
 };
 
 use crate::error::{Error, Kind, Result};
+use crate::lsn::Lsn as WalPos;
 
 /// How to reach Postgres and what to read, resolved from the configuration.
 #[derive(Clone)]
@@ -85,7 +85,7 @@ pub enum SourceEvent {
     /// A transaction starts; `final_lsn` is its commit record's LSN.
     Begin {
         /// Commit LSN of the transaction.
-        final_lsn: u64,
+        final_lsn: WalPos,
         /// Transaction id.
         xid: u32,
         /// Commit time, microseconds since 2000-01-01.
@@ -94,16 +94,16 @@ pub enum SourceEvent {
     /// A pgoutput message inside a transaction (Relation, Insert, Type, Origin, ...), undecoded.
     Change {
         /// WAL position of the change.
-        lsn: u64,
+        lsn: WalPos,
         /// The pgoutput bytes.
         data: Bytes,
     },
     /// The transaction ends.
     Commit {
         /// Commit record LSN.
-        commit_lsn: u64,
+        commit_lsn: WalPos,
         /// End of the commit record: where the next transaction may start. Checkpoints use it.
-        end_lsn: u64,
+        end_lsn: WalPos,
         /// Commit time, microseconds since 2000-01-01.
         commit_ts_micros: i64,
     },
@@ -112,14 +112,14 @@ pub enum SourceEvent {
         /// Emitted inside a transaction.
         transactional: bool,
         /// Its LSN.
-        lsn: u64,
+        lsn: WalPos,
         /// Its prefix.
         prefix: String,
     },
     /// The server's heartbeat: everything before `wal_end` has been sent.
     KeepAlive {
         /// Server's sent position.
-        wal_end: u64,
+        wal_end: WalPos,
     },
 }
 
@@ -127,13 +127,13 @@ pub enum SourceEvent {
 pub struct Stream {
     client: ReplicationClient,
     /// The last position handed to [`Stream::ack`].
-    acked: u64,
+    acked: WalPos,
     /// How often the worker sends standby status updates.
     status_interval: Duration,
     /// Postgres system identifier (from IDENTIFY_SYSTEM).
     pub system_id: String,
     /// Server WAL position when the stream opened.
-    pub server_lsn: u64,
+    pub server_lsn: WalPos,
 }
 
 impl std::fmt::Debug for Stream {
@@ -202,10 +202,10 @@ impl Stream {
                 .map_err(|e| map_pg_error(s, "START_REPLICATION", e))?;
             Ok::<_, Error>(Stream {
                 client,
-                acked: 0,
+                acked: WalPos::ZERO,
                 status_interval: s.status_interval,
                 system_id: ident.system_id,
-                server_lsn: ident.xlogpos.as_u64(),
+                server_lsn: WalPos(ident.xlogpos.as_u64()),
             })
         };
         match tokio::time::timeout(s.connect_timeout + Duration::from_secs(5), opening).await {
@@ -237,7 +237,7 @@ impl Stream {
                     xid,
                     commit_time_micros,
                 } => SourceEvent::Begin {
-                    final_lsn: final_lsn.as_u64(),
+                    final_lsn: WalPos(final_lsn.as_u64()),
                     xid,
                     commit_ts_micros: commit_time_micros,
                 },
@@ -246,14 +246,14 @@ impl Stream {
                     end_lsn,
                     commit_time_micros,
                 } => SourceEvent::Commit {
-                    commit_lsn: lsn.as_u64(),
-                    end_lsn: end_lsn.as_u64(),
+                    commit_lsn: WalPos(lsn.as_u64()),
+                    end_lsn: WalPos(end_lsn.as_u64()),
                     commit_ts_micros: commit_time_micros,
                 },
                 ReplicationEvent::XLogData {
                     wal_start, data, ..
                 } => SourceEvent::Change {
-                    lsn: wal_start.as_u64(),
+                    lsn: WalPos(wal_start.as_u64()),
                     data,
                 },
                 ReplicationEvent::Message {
@@ -263,11 +263,11 @@ impl Stream {
                     ..
                 } => SourceEvent::Message {
                     transactional,
-                    lsn: lsn.as_u64(),
+                    lsn: WalPos(lsn.as_u64()),
                     prefix,
                 },
                 ReplicationEvent::KeepAlive { wal_end, .. } => SourceEvent::KeepAlive {
-                    wal_end: wal_end.as_u64(),
+                    wal_end: WalPos(wal_end.as_u64()),
                 },
                 ReplicationEvent::StoppedAt { .. } => continue,
                 #[allow(unreachable_patterns)]
@@ -278,9 +278,9 @@ impl Stream {
 
     /// Acknowledges `lsn` as durably published: the slot may release WAL before it. Call only
     /// after the Kafka commit that covers it returned Ok.
-    pub fn ack(&mut self, lsn: u64) {
+    pub fn ack(&mut self, lsn: WalPos) {
         self.acked = self.acked.max(lsn);
-        self.client.update_applied_lsn(Lsn::from_u64(lsn));
+        self.client.update_applied_lsn(Lsn::from_u64(lsn.as_u64()));
     }
 
     /// Stops the stream once the last acknowledgement reached the server (the worker sends it
@@ -290,7 +290,7 @@ impl Stream {
         let metrics = self.client.metrics();
         let wait = (self.status_interval + Duration::from_millis(500)).min(Duration::from_secs(3));
         let deadline = tokio::time::Instant::now() + wait;
-        while metrics.last_applied_lsn().as_u64() < self.acked
+        while WalPos(metrics.last_applied_lsn().as_u64()) < self.acked
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -291,7 +291,7 @@ async fn an_idle_outbox_does_not_pin_wal() -> Result<()> {
         .await?;
     // About 200 MB of WAL in a table that is not published.
     let start_lsn = current_wal_lsn(&client).await?;
-    while current_wal_lsn(&client).await? - start_lsn < 200 * 1024 * 1024 {
+    while current_wal_lsn(&client).await?.bytes_since(start_lsn) < 200 * 1024 * 1024 {
         client
             .batch_execute(
                 "INSERT INTO busy (pad) SELECT repeat('x', 1000) FROM generate_series(1, 20000)",
@@ -309,7 +309,7 @@ async fn an_idle_outbox_does_not_pin_wal() -> Result<()> {
             client.batch_execute("CHECKPOINT").await.ok();
             let now = current_wal_lsn(&client).await?;
             let info = slot_info(&client, &slot).await?.context("slot")?;
-            let retained = now.saturating_sub(info.restart_lsn.unwrap_or(0));
+            let retained = now.bytes_since(info.restart_lsn.unwrap_or_default());
             Ok((retained < 16 * 1024 * 1024).then_some(retained))
         },
     )

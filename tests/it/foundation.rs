@@ -197,7 +197,7 @@ async fn relay_role_replicates_and_reads_only_the_outbox() -> Result<()> {
     let admin = db.client().await?;
     let info = slot_info(&admin, &slot).await?.context("slot exists")?;
     assert!(info.active, "{info:?}");
-    assert!(current_wal_lsn(&admin).await? >= info.confirmed_flush_lsn.unwrap_or(0));
+    assert!(current_wal_lsn(&admin).await? >= info.confirmed_flush_lsn.unwrap_or_default());
     drop(repl);
 
     let relay = db.relay_client().await?;

@@ -608,9 +608,7 @@ async fn status_prints_slot_and_checkpoint_in_text_and_json_without_secrets() ->
     // Released; the slot never runs ahead of the checkpoint; status shows what the server shows.
     let j = status_json(&config)?;
     let info = slot_info(&client, &cfg.slot).await?.context("slot")?;
-    let server = info
-        .confirmed_flush_lsn
-        .map(outbox_relay_dev::util::format_lsn);
+    let server = info.confirmed_flush_lsn.map(|l| l.to_string());
     ensure!(j["slot"]["active"] == false, "{j}");
     ensure!(
         server.as_deref() == j["slot"]["confirmed_flush_lsn"].as_str(),
@@ -691,8 +689,8 @@ fn status_json(config: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&out).with_context(|| format!("status --json output: {out}"))
 }
 
-fn lsn(s: &str) -> Result<u64> {
-    outbox_relay_dev::util::parse_lsn(s)
+fn lsn(s: &str) -> Result<outbox_relay_dev::Lsn> {
+    Ok(s.parse()?)
 }
 
 // ---------------------------------------------------------------------------------------------

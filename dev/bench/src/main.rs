@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use outbox_relay_dev::util::{format_lsn, parse_lsn, random_suffix, repo_root};
+use outbox_relay_dev::util::{random_suffix, repo_root};
+use outbox_relay_dev::Lsn;
 use outbox_relay_dev::{Kafka, Postgres, RelayConfig, RelayProcess, TestDb};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -356,8 +357,8 @@ const INSERT_RANGE: &str = "INSERT INTO public.outbox (aggregate_type, aggregate
 /// outbox transaction is published once a checkpoint's resume_lsn passes it) and the WAL end after.
 #[derive(Debug, Clone, Copy)]
 struct Backlog {
-    last_txn_lsn: u64,
-    end_lsn: u64,
+    last_txn_lsn: Lsn,
+    end_lsn: Lsn,
 }
 
 /// Writes `rows` outbox rows in transactions of `txn` rows over 4 connections, then a last
@@ -421,8 +422,8 @@ async fn write_backlog(db: &TestDb, rows: i64, txn: i64) -> Result<Backlog> {
         bail!("backlog has {n} rows, expected {rows}");
     }
     Ok(Backlog {
-        last_txn_lsn: parse_lsn(&lsn)?,
-        end_lsn: parse_lsn(&end)?,
+        last_txn_lsn: lsn.parse()?,
+        end_lsn: end.parse()?,
     })
 }
 
@@ -474,7 +475,7 @@ fn assign_all(c: &BaseConsumer, topics: &[String]) -> Result<()> {
 /// with no partial transaction and `resume_lsn > past` became visible.
 fn watch_checkpoint(
     topic: String,
-    past: u64,
+    past: Lsn,
     deadline: Duration,
     stop: Arc<AtomicBool>,
 ) -> Result<Instant> {
@@ -491,8 +492,8 @@ fn watch_checkpoint(
                 let resume = j
                     .get("resume_lsn")
                     .and_then(|x| x.as_str())
-                    .and_then(|s| parse_lsn(s).ok())
-                    .unwrap_or(0);
+                    .and_then(|s| s.parse::<Lsn>().ok())
+                    .unwrap_or(Lsn::ZERO);
                 if resume > past && j.get("partial").is_none_or(|p| p.is_null()) {
                     return Ok(Instant::now());
                 }
@@ -501,10 +502,7 @@ fn watch_checkpoint(
             None => {}
         }
     }
-    bail!(
-        "no checkpoint past {} within {deadline:?}",
-        format_lsn(past)
-    )
+    bail!("no checkpoint past {} within {deadline:?}", past)
 }
 
 /// Counts records on `topics` (read_committed) until `expected` arrived (returns that instant), or
@@ -559,7 +557,7 @@ fn count_all(topics: Vec<String>, expected: u64) -> Result<u64> {
 // ---------------------------------------------------------------------------------------------
 // The decoding limit.
 
-async fn pg_recvlogical(db: &TestDb, slot: &str, endpos: u64) -> Result<(f64, ProcStat)> {
+async fn pg_recvlogical(db: &TestDb, slot: &str, endpos: Lsn) -> Result<(f64, ProcStat)> {
     let pg = Postgres::shared();
     let bin = pg.bin_dir().join("pg_recvlogical");
     let t = Instant::now();
@@ -589,7 +587,7 @@ async fn pg_recvlogical(db: &TestDb, slot: &str, endpos: u64) -> Result<(f64, Pr
             "-o",
             "publication_names=outbox_pub",
         ])
-        .args(["-E", &format_lsn(endpos)])
+        .args(["-E", &endpos.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -606,7 +604,7 @@ async fn pg_recvlogical(db: &TestDb, slot: &str, endpos: u64) -> Result<(f64, Pr
                 if let Ok(s) = ProcStat::read(pid) { last = s; }
                 if t.elapsed() > Duration::from_secs(1800) {
                     child.kill().await?;
-                    bail!("pg_recvlogical did not reach {} in 30 min", format_lsn(endpos));
+                    bail!("pg_recvlogical did not reach {endpos} in 30 min");
                 }
             }
         }

@@ -16,6 +16,7 @@ pub mod util;
 pub mod verify;
 
 pub use kafka::{Kafka, Record};
+pub use outbox_relay::Lsn;
 pub use postgres::{
     write_batched, write_concurrently, write_txn, NewEvent, Postgres, SlotInfo, TestDb, WriteSpec,
     Written,

@@ -12,6 +12,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use outbox_relay::Lsn;
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
@@ -702,12 +703,12 @@ async fn write_one_writer(
 // ---------------------------------------------------------------------------------------------------
 // WAL and slot inspection.
 
-/// `pg_current_wal_lsn()` as a 64-bit LSN.
-pub async fn current_wal_lsn(client: &Client) -> Result<u64> {
+/// `pg_current_wal_lsn()`.
+pub async fn current_wal_lsn(client: &Client) -> Result<Lsn> {
     let row = client
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await?;
-    util::parse_lsn(row.get::<_, &str>(0))
+    Ok(row.get::<_, &str>(0).parse()?)
 }
 
 /// A replication slot as `pg_replication_slots` shows it.
@@ -715,8 +716,8 @@ pub async fn current_wal_lsn(client: &Client) -> Result<u64> {
 pub struct SlotInfo {
     pub slot_name: String,
     pub database: Option<String>,
-    pub confirmed_flush_lsn: Option<u64>,
-    pub restart_lsn: Option<u64>,
+    pub confirmed_flush_lsn: Option<Lsn>,
+    pub restart_lsn: Option<Lsn>,
     pub active: bool,
     pub active_pid: Option<i32>,
     pub wal_status: Option<String>,
@@ -733,10 +734,8 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>> 
         )
         .await?;
     let Some(row) = row else { return Ok(None) };
-    let lsn = |i: usize| -> Result<Option<u64>> {
-        row.get::<_, Option<&str>>(i)
-            .map(util::parse_lsn)
-            .transpose()
+    let lsn = |i: usize| -> Result<Option<Lsn>> {
+        Ok(row.get::<_, Option<&str>>(i).map(str::parse).transpose()?)
     };
     Ok(Some(SlotInfo {
         slot_name: row.get(0),

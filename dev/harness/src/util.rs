@@ -129,33 +129,9 @@ pub async fn shared_servers() -> RwLockReadGuard<'static, ()> {
     SERVERS_LOCK.read().await
 }
 
-/// Parses a Postgres LSN (`16/B374D848`) into its 64-bit value.
-pub fn parse_lsn(s: &str) -> Result<u64> {
-    let (hi, lo) = s
-        .trim()
-        .split_once('/')
-        .ok_or_else(|| anyhow!("bad LSN {s:?}"))?;
-    let hi = u64::from_str_radix(hi, 16).with_context(|| format!("bad LSN {s:?}"))?;
-    let lo = u64::from_str_radix(lo, 16).with_context(|| format!("bad LSN {s:?}"))?;
-    Ok((hi << 32) | lo)
-}
-
-/// Formats a 64-bit LSN the way Postgres prints it (`16/B374D848`).
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lsn_round_trip() {
-        let lsn = parse_lsn("16/B374D848").expect("parse");
-        assert_eq!(lsn, (0x16 << 32) | 0xB374_D848);
-        assert_eq!(format_lsn(lsn), "16/B374D848");
-        assert!(parse_lsn("nonsense").is_err());
-    }
 
     #[test]
     fn suffix_is_8_hex() {
