@@ -7,6 +7,8 @@
 //! | `Config`      | stop; a person must fix the configuration (or a credential)       | 78        |
 //! | `Transient`   | drop the session, back off, reconnect; after the budget: stop      | 69        |
 //! | `Standby`     | another relay holds the slot: wait and retry, forever              | -         |
+//! | `Fenced`      | another relay took over our `transactional.id`: publish nothing more; |    |
+//! |               | start a new session (which stands by while the other holds the slot) | 69       |
 //! | `Invariant`   | stop; continuing could lose or duplicate events                   | 70        |
 //! | `BadRow`      | stop (`on_error = "stop"`): a row cannot be published             | 65        |
 //! | `Internal`    | stop; a bug or an unexpected state                                | 1         |
@@ -28,6 +30,9 @@ pub enum Kind {
     Transient,
     /// The replication slot is held by another relay: wait for it.
     Standby,
+    /// Another relay with our `transactional.id` fenced this one: publish nothing more from this
+    /// session; a new one re-acquires the slot (and stands by while the other holds it).
+    Fenced,
     /// A promise would break if we went on (e.g. the slot moved behind our back): stop.
     Invariant,
     /// A row cannot be published and the configuration says stop.
@@ -78,6 +83,11 @@ impl Error {
         Self::new(Kind::Invariant, message)
     }
 
+    /// Shorthand for a [`Kind::BadRow`] error.
+    pub fn bad_row(message: impl Into<String>) -> Self {
+        Self::new(Kind::BadRow, message)
+    }
+
     /// Shorthand for a [`Kind::Internal`] error.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(Kind::Internal, message)
@@ -97,7 +107,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self.kind {
             Kind::Config => 78,
-            Kind::Transient | Kind::Standby => 69,
+            Kind::Transient | Kind::Standby | Kind::Fenced => 69,
             Kind::Invariant => 70,
             Kind::BadRow => 65,
             Kind::Internal => 1,

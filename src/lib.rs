@@ -1,6 +1,6 @@
 //! outbox-relay: publishes the rows of a Postgres outbox table to Kafka exactly once.
 //!
-//! The pipeline, one module per stage, data flowing one way (see `DESIGN.md` of the team and README):
+//! The pipeline, one module per stage, data flowing one way (docs/ARCHITECTURE.md):
 //!
 //! ```text
 //!  source (replication) -> decode (pgoutput) -> route (row -> record) -> sink (Kafka txn) -> ack
@@ -12,9 +12,11 @@ pub mod config;
 pub mod decode;
 pub mod error;
 pub mod lsn;
+pub mod reason;
 pub mod relay;
 pub mod route;
 pub mod shutdown;
+pub mod sighup;
 pub mod sink;
 pub mod source;
 pub mod status;

@@ -1,10 +1,9 @@
 //! `outbox-relay`: thin binary. Parses the command line, loads the configuration, installs
-//! telemetry and signals, runs the relay, and maps the outcome to an exit code systemd understands:
-//! 0 clean stop, 78 configuration error (do not restart), 69 a server unavailable past the retry
-//! budget, 70 a broken invariant, 65 a bad row with `errors.on_error = "stop"`, 1 anything else.
+//! telemetry and signals, runs the relay, and maps the outcome to an exit code systemd
+//! understands (listed in `--help`, see [`EXIT_CODES`]).
 //!
 //! Under systemd (Type=notify) it also serves `/live` `/ready` `/metrics`, feeds the watchdog,
-//! and re-reads the configuration on SIGHUP: safe keys apply live, the others are refused.
+//! and re-reads the configuration on SIGHUP ([`outbox_relay::sighup`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,44 +12,71 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use outbox_relay::config::Config;
 use outbox_relay::error::Error;
-use outbox_relay::relay::{self, LiveSettings, RelaySettings};
+use outbox_relay::relay::{self, RelaySettings};
 use outbox_relay::shutdown::Shutdown;
-use outbox_relay::telemetry::{self, LogFormat, LogLevelHandle, Status};
+use outbox_relay::telemetry::{self, LogFormat, Status};
 use tokio::sync::watch;
+
+/// The exit codes, for `--help` (sysexits.h where one fits).
+const EXIT_CODES: &str = "\
+Exit codes:
+  0   stopped cleanly (SIGTERM/SIGINT drained), or the command succeeded
+  1   an internal error (a bug: please report it with the log)
+  64  usage error (unknown command or option)
+  65  a row cannot be published and errors.on_error = \"stop\" (fix the row, then start again)
+  69  a server stayed unavailable for retry.max_elapsed_ms (systemd restarts it)
+  70  a broken invariant: continuing could lose or duplicate events (slot moved or lost,
+      checkpoint unreadable, timeline diverged): read the message and the README runbook
+  78  configuration error (a key, a credential, a missing table/publication/slot/topic)
+systemd's unit does not restart on 64, 65, 70 or 78.
+
+The configuration file is --config, else $OUTBOX_RELAY_CONFIG, else
+/etc/outbox-relay/outbox-relay.toml; OUTBOX_RELAY__<SECTION>__<KEY> variables override its keys.";
+
+/// Default configuration file.
+const DEFAULT_CONFIG: &str = "/etc/outbox-relay/outbox-relay.toml";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "outbox-relay",
     version,
-    about = "Publishes a Postgres outbox table to Kafka exactly once"
+    about = "Publishes a Postgres outbox table to Kafka exactly once",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// The configuration file argument every command shares.
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// Configuration file (TOML); OUTBOX_RELAY__SECTION__KEY variables override it.
+    #[arg(long, short, env = "OUTBOX_RELAY_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the relay.
+    #[command(after_help = EXIT_CODES)]
     Run {
-        /// Configuration file (TOML); OUTBOX_RELAY__SECTION__KEY variables override it.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Check the configuration without running.
     Validate {
-        /// Configuration file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Also connect to both servers and check wal_level, publication, table, slot and topics.
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also connect to both servers and check wal_level, the table, the publication, the slot
+        /// and the topics. Changes nothing.
         #[arg(long)]
         connect: bool,
     },
     /// Show the slot, the checkpoint in Kafka, the lag and who holds the slot. Read-only.
     Status {
-        /// Configuration file (TOML), as for `run`.
-        #[arg(long, short)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -58,12 +84,26 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    ExitCode::SUCCESS
+                }
+                // sysexits EX_USAGE: systemd's unit does not restart on it.
+                _ => ExitCode::from(64),
+            };
+        }
+    };
     match cli.command {
-        Command::Run { config } => run(config),
-        Command::Validate { config, connect } => validate(config, connect),
+        Command::Run { config } => run(config.config),
+        Command::Validate { config, connect } => validate(config.config, connect),
         Command::Status { config, json } => {
-            let cfg = match load(&config) {
+            let cfg = match load(&config.config) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -148,10 +188,10 @@ fn run(path: PathBuf) -> ExitCode {
         }
         telemetry::systemd::spawn_watchdog(status.clone());
         let (live_tx, live_rx) = watch::channel(settings.live());
-        if let Err(e) = spawn_reload(path, cfg, log_level, live_tx, status.clone()) {
+        if let Err(e) = outbox_relay::sighup::spawn(path, cfg, log_level, live_tx, status.clone()) {
             return fail(&Error::internal("cannot install the SIGHUP handler").with_source(e));
         }
-        match relay::run_with_reload(settings, shutdown, status, live_rx).await {
+        match relay::run(settings, shutdown, status, live_rx).await {
             Ok(()) => {
                 tracing::info!("stopped");
                 ExitCode::SUCCESS
@@ -172,7 +212,7 @@ fn validate(path: PathBuf, connect: bool) -> ExitCode {
     }
     let settings = RelaySettings::from_config(&cfg);
     let rt = runtime();
-    match rt.block_on(outbox_relay::relay::check_servers(&settings)) {
+    match rt.block_on(relay::preflight(&settings)) {
         Ok(report) => {
             for line in report {
                 println!("{line}");
@@ -187,158 +227,5 @@ fn validate(path: PathBuf, connect: bool) -> ExitCode {
             eprintln!("error: {}", e.report());
             ExitCode::from(e.exit_code() as u8)
         }
-    }
-}
-
-/// SIGHUP: re-read the configuration file (and environment). If only reloadable keys changed
-/// (`log.level`, `[batch]`, `[routing]`), apply them live; if any other key changed, refuse the
-/// whole reload, name those keys, and keep running with the old configuration.
-fn spawn_reload(
-    path: PathBuf,
-    mut current: Config,
-    log_level: LogLevelHandle,
-    live: watch::Sender<LiveSettings>,
-    status: Arc<Status>,
-) -> std::io::Result<()> {
-    use futures::StreamExt;
-    let mut signals = signal_hook_tokio::Signals::new([signal_hook::consts::SIGHUP])?;
-    tokio::spawn(async move {
-        while signals.next().await.is_some() {
-            let result = reload(&path, &mut current, &log_level, &live);
-            status.metrics.reload(result);
-        }
-    });
-    Ok(())
-}
-
-/// One reload; returns the result label for the metric.
-fn reload(
-    path: &Path,
-    current: &mut Config,
-    log_level: &LogLevelHandle,
-    live: &watch::Sender<LiveSettings>,
-) -> &'static str {
-    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
-    let loaded = match Config::load(path) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("configuration reload failed, the running configuration stays: {e}");
-            return "failed";
-        }
-    };
-    for w in &loaded.warnings {
-        tracing::warn!("{w}");
-    }
-    let new = loaded.config;
-    let refused = restart_only_changes(current, &new);
-    if !refused.is_empty() {
-        tracing::error!(
-            keys = %refused.join(", "),
-            "configuration reload refused: {} cannot change while the relay runs (restart it to apply); the running configuration stays",
-            refused.join(", ")
-        );
-        return "refused";
-    }
-    let applied = live_changes(current, &new);
-    if applied.is_empty() {
-        tracing::info!("configuration reloaded: nothing changed");
-        return "applied";
-    }
-    if current.log.level != new.log.level {
-        match log_level.set(&new.log.level) {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!("log.level not applied: RUST_LOG overrides it"),
-            Err(e) => {
-                tracing::error!(
-                    "configuration reload failed, the running configuration stays: {e}"
-                );
-                return "failed";
-            }
-        }
-    }
-    live.send_replace(RelaySettings::from_config(&new).live());
-    tracing::info!(
-        keys = %applied.join(", "),
-        "configuration reloaded: applied {}",
-        applied.join(", ")
-    );
-    *current = new;
-    "applied"
-}
-
-/// Pushes the dotted name of each listed field whose value differs (compared through `Debug`,
-/// which every config type has; secrets are compared separately, their `Debug` is `***`).
-macro_rules! diff {
-    ($out:ident, $a:ident, $b:ident; $($($field:ident).+),+ $(,)?) => {
-        $(
-            if format!("{:?}", $a.$($field).+) != format!("{:?}", $b.$($field).+) {
-                $out.push(stringify!($($field).+).replace(' ', ""));
-            }
-        )+
-    };
-}
-
-/// Keys that cannot change without a restart: connections, identities, positions, the data
-/// contract, error policy, and the process-level settings read once at start.
-fn restart_only_changes(a: &Config, b: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    diff!(out, a, b;
-        postgres.host, postgres.port, postgres.dbname, postgres.user, postgres.sslmode,
-        postgres.sslrootcert, postgres.slot, postgres.publication, postgres.create_slot,
-        postgres.connect_timeout_ms, postgres.status_interval_ms,
-        outbox.table, outbox.columns,
-        kafka.bootstrap_servers, kafka.checkpoint_topic, kafka.create_checkpoint_topic,
-        kafka.transactional_id, kafka.transaction_timeout_ms, kafka.security_protocol,
-        kafka.sasl_mechanism, kafka.sasl_username, kafka.ssl_ca_location, kafka.properties,
-        errors.on_error, errors.dead_letter_topic,
-        shutdown.drain_timeout_ms,
-        retry.initial_backoff_ms, retry.max_backoff_ms, retry.max_elapsed_ms,
-        admin.listen,
-        log.format,
-    );
-    if a.postgres.password.expose() != b.postgres.password.expose() {
-        out.push("postgres.password".into());
-    }
-    if a.kafka.sasl_password.expose() != b.kafka.sasl_password.expose() {
-        out.push("kafka.sasl_password".into());
-    }
-    out
-}
-
-/// Keys that apply live: the log filter, batch limits, routing of events not yet read.
-fn live_changes(a: &Config, b: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    diff!(out, a, b;
-        log.level,
-        batch.max_events, batch.max_bytes, batch.max_delay_ms, batch.split_events,
-        batch.idle_checkpoint_ms,
-        routing.topic_template, routing.strict, routing.topics,
-    );
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reload_sorts_keys_into_live_and_restart_only() {
-        let a = Config::default();
-        let mut b = a.clone();
-        b.batch.max_events = 5;
-        b.routing.strict = true;
-        b.log.level = "debug".into();
-        assert!(restart_only_changes(&a, &b).is_empty());
-        assert_eq!(
-            live_changes(&a, &b),
-            ["log.level", "batch.max_events", "routing.strict"]
-        );
-        b.postgres.slot = "other".into();
-        b.postgres.password = outbox_relay::config::Secret::new("changed");
-        b.kafka.properties.insert("linger.ms".into(), "5".into());
-        assert_eq!(
-            restart_only_changes(&a, &b),
-            ["postgres.slot", "kafka.properties", "postgres.password"]
-        );
     }
 }

@@ -17,9 +17,9 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::error::{Kind, Result};
-use crate::relay::RelaySettings;
-use crate::sink::checkpoint;
-use crate::source::control::Control;
+use crate::sink::checkpoint::{self, CheckpointKey};
+use crate::sink::SinkSettings;
+use crate::source::{Control, SourceSettings};
 
 /// Everything `status` reports.
 #[derive(Debug, Serialize)]
@@ -101,8 +101,9 @@ pub struct PartialReport {
 
 /// Runs the subcommand: prints the report, exits 0, or prints the error and exits with its code.
 pub async fn run(cfg: &Config, json: bool) -> ExitCode {
-    let settings = RelaySettings::from_config(cfg);
-    match collect(&settings).await {
+    let source = SourceSettings::from_config(cfg);
+    let sink = SinkSettings::from_config(cfg);
+    match collect(&source, &sink).await {
         Ok(report) => {
             if json {
                 match serde_json::to_string_pretty(&report) {
@@ -125,8 +126,7 @@ pub async fn run(cfg: &Config, json: bool) -> ExitCode {
 }
 
 /// Gathers the report from both servers. Changes nothing on either.
-pub async fn collect(settings: &RelaySettings) -> Result<Report> {
-    let src = &settings.source;
+pub async fn collect(src: &SourceSettings, sink: &SinkSettings) -> Result<Report> {
     let control = Control::connect(src).await?;
     let system_id = control.system_identifier().await?;
     let current = control.current_wal_lsn().await?;
@@ -160,13 +160,13 @@ pub async fn collect(settings: &RelaySettings) -> Result<Report> {
             .is_some_and(|s| s.wal_status.as_deref() == Some("lost")),
     };
 
-    let key = format!("{system_id}/{}/{}", src.dbname, src.slot);
-    let sink = settings.sink.clone();
+    let key = CheckpointKey::new(&system_id, &src.dbname, &src.slot);
+    let sink = sink.clone();
     let topic = sink.checkpoint_topic.clone();
     let read_key = key.clone();
     let read = tokio::task::spawn_blocking(move || {
         checkpoint::read(
-            &sink.client_props,
+            &sink.client,
             &sink.checkpoint_topic,
             &read_key,
             sink.call_timeout.max(Duration::from_secs(10)),
@@ -184,7 +184,7 @@ pub async fn collect(settings: &RelaySettings) -> Result<Report> {
     };
     let checkpoint = CheckpointReport {
         topic,
-        key,
+        key: key.to_string(),
         found: cp.is_some(),
         resume_lsn: cp.as_ref().map(|c| c.resume_lsn.to_string()),
         partial: cp.as_ref().and_then(|c| c.partial).map(|p| PartialReport {

@@ -15,7 +15,9 @@
 //!
 //! The doc comments of the fields are the README's configuration reference.
 
+mod client_props;
 mod error;
+pub mod reload;
 mod secret;
 #[cfg(test)]
 mod tests;
@@ -28,6 +30,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use client_props::{is_sensitive, ClientProps};
 pub use error::ConfigError;
 pub use secret::Secret;
 
@@ -83,7 +86,7 @@ macro_rules! string_enum {
 }
 
 /// The whole configuration; one section per table of the file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `[postgres]`: the database holding the outbox, and the replication slot.
@@ -120,7 +123,7 @@ pub struct Loaded {
 }
 
 /// `[postgres]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostgresConfig {
     /// Host name or IP address of the Postgres server (the primary: logical slots live there).
@@ -203,7 +206,7 @@ string_enum! {
 }
 
 /// `[outbox]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutboxConfig {
     /// The outbox table as `schema.table` (no schema means `public`). Unquoted names fold to lowercase as in
@@ -223,7 +226,7 @@ impl Default for OutboxConfig {
 }
 
 /// `[outbox.columns]`: column names exactly as in the catalog (case-sensitive, not quoted).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ColumnsConfig {
     /// Event id (uuid): Kafka header `event_id`; consumers dedupe on it.
@@ -269,7 +272,7 @@ impl ColumnsConfig {
 }
 
 /// `[kafka]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list of brokers to bootstrap from.
@@ -300,7 +303,7 @@ pub struct KafkaConfig {
     pub ssl_ca_location: Option<PathBuf>,
     /// `[kafka.properties]`: further librdkafka properties, passed through as strings to the producer and
     /// consumers (e.g. `"linger.ms" = "5"`). Properties the relay sets itself are refused.
-    pub properties: BTreeMap<String, String>,
+    pub properties: KafkaProperties,
 }
 
 impl Default for KafkaConfig {
@@ -317,7 +320,7 @@ impl Default for KafkaConfig {
             sasl_password: Secret::default(),
             sasl_password_file: None,
             ssl_ca_location: None,
-            properties: BTreeMap::new(),
+            properties: KafkaProperties::default(),
         }
     }
 }
@@ -328,41 +331,40 @@ impl KafkaConfig {
         Duration::from_millis(self.transaction_timeout_ms)
     }
 
-    /// librdkafka properties common to the producer and the consumers: `bootstrap.servers`,
-    /// `security.protocol`, `sasl.*`, `ssl.ca.location`, then the `[kafka.properties]` passthrough (sorted).
-    /// Holds the SASL password in clear: never log this list.
-    pub fn rdkafka_client_properties(&self) -> Vec<(String, String)> {
-        let mut props = vec![
-            (
-                "bootstrap.servers".to_string(),
-                self.bootstrap_servers.clone(),
-            ),
-            (
-                "security.protocol".to_string(),
-                self.security_protocol.as_str().to_string(),
-            ),
-        ];
-        if self.security_protocol.is_sasl() {
-            props.push((
-                "sasl.mechanism".to_string(),
-                self.sasl_mechanism.as_str().to_string(),
-            ));
-            if let Some(user) = &self.sasl_username {
-                props.push(("sasl.username".to_string(), user.clone()));
-            }
-            props.push((
-                "sasl.password".to_string(),
-                self.sasl_password.expose().to_string(),
-            ));
-        }
-        if let Some(ca) = &self.ssl_ca_location {
-            props.push((
-                "ssl.ca.location".to_string(),
-                ca.to_string_lossy().into_owned(),
-            ));
-        }
-        props.extend(self.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
-        props
+    /// librdkafka properties common to the producer and the consumers (secrets as [`Secret`]s).
+    pub fn client_props(&self) -> ClientProps {
+        ClientProps::from_config(self)
+    }
+}
+
+/// `[kafka.properties]`: passthrough librdkafka properties. `Debug` hides the values librdkafka
+/// itself treats as secrets ([`client_props::is_sensitive`]).
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct KafkaProperties(pub BTreeMap<String, String>);
+
+impl std::ops::Deref for KafkaProperties {
+    type Target = BTreeMap<String, String>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if client_props::is_sensitive(k) {
+                        "***"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            }))
+            .finish()
     }
 }
 
@@ -405,7 +407,7 @@ string_enum! {
 }
 
 /// `[routing]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoutingConfig {
     /// Topic of an event whose aggregate type has no entry in `[routing.topics]`; the only placeholder is
@@ -429,7 +431,7 @@ impl Default for RoutingConfig {
 }
 
 /// `[errors]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ErrorsConfig {
     /// What to do with a row that cannot be published (bad payload, missing key, oversized, unroutable):
@@ -459,7 +461,7 @@ string_enum! {
 }
 
 /// `[batch]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BatchConfig {
     /// Events per Kafka transaction, at least 1. Whole Postgres transactions are batched together up to
@@ -502,7 +504,7 @@ impl BatchConfig {
 }
 
 /// `[shutdown]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// On SIGTERM, how long to finish the open Kafka transaction before aborting it, in milliseconds.
@@ -525,7 +527,7 @@ impl ShutdownConfig {
 }
 
 /// `[retry]`: exponential backoff while a server is unavailable.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryConfig {
     /// First backoff, in milliseconds; doubles on each attempt.
@@ -564,7 +566,7 @@ impl RetryConfig {
 }
 
 /// `[admin]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// `ip:port` of the HTTP server for `/live`, `/ready` and `/metrics`; `""` disables it.
@@ -587,7 +589,7 @@ impl AdminConfig {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` (for a terminal or journald) or `json` (one object per line).

@@ -26,7 +26,7 @@ pub mod pgoutput;
 
 pub use outbox::{
     type_oid, ColumnMap, InsertError, OutboxDecoder, OutboxRow, RawColumn, RawRow, RowError,
-    RowErrorKind, SchemaError,
+    SchemaError,
 };
 pub use pgoutput::{decode, Column, Datum, DecodeError, Lsn, PgOutput, Relation, Tuple};
 

@@ -15,11 +15,11 @@
 //!   [`RowError::raw`] keeps every column's original bytes.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use bytes::Bytes;
 
 use super::pgoutput::{Datum, DecodeError, Relation, Tuple};
+use crate::reason::Reason;
 
 /// Type OIDs of the built-in types an outbox column is likely to have.
 pub mod type_oid {
@@ -116,48 +116,11 @@ pub struct OutboxRow {
     pub created_at: Option<String>,
 }
 
-/// Why a row cannot be published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RowErrorKind {
-    /// NULL in a required column (id, aggregate_type, aggregate_id, event_type, payload).
-    NullColumn,
-    /// An empty aggregate_id: no Kafka key, no per-aggregate order.
-    EmptyAggregateId,
-    /// A datum in binary format (we ask for text).
-    BinaryFormat,
-    /// A text column whose bytes are not UTF-8.
-    InvalidUtf8,
-    /// A bytea column whose text is neither valid hex (`\x..`) nor valid escape format.
-    InvalidBytea,
-    /// An "unchanged TOAST" datum, which an insert cannot carry.
-    UnchangedToast,
-}
-
-impl RowErrorKind {
-    /// A stable code for dead-letter headers and metric labels.
-    pub fn code(self) -> &'static str {
-        match self {
-            RowErrorKind::NullColumn => "null_column",
-            RowErrorKind::EmptyAggregateId => "empty_aggregate_id",
-            RowErrorKind::BinaryFormat => "binary_format",
-            RowErrorKind::InvalidUtf8 => "invalid_utf8",
-            RowErrorKind::InvalidBytea => "invalid_bytea",
-            RowErrorKind::UnchangedToast => "unchanged_toast",
-        }
-    }
-}
-
-impl fmt::Display for RowErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
-
 /// A row that cannot be published: dead-letter it (or stop, by configuration).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("outbox row {}: {reason} in column {column:?}: {detail}", event_id.as_deref().unwrap_or("(no id)"))]
+#[error("outbox row {}: {reason}: {detail}", event_id.as_deref().unwrap_or("(no id)"))]
 pub struct RowError {
-    pub reason: RowErrorKind,
+    pub reason: Reason,
     /// The table column at fault.
     pub column: String,
     /// Human-readable explanation.
@@ -380,7 +343,7 @@ impl OutboxDecoder {
 
 /// A row-level failure before the (cold) construction of its [`RowError`].
 struct Failure {
-    kind: RowErrorKind,
+    kind: Reason,
     col: usize,
     role: &'static str,
     why: &'static str,
@@ -401,7 +364,7 @@ fn map_row(rel: &Relation, ix: &Indexes, tuple: &Tuple) -> Result<OutboxRow, Fai
     )?;
     if aggregate_id.is_empty() {
         return Err(Failure {
-            kind: RowErrorKind::EmptyAggregateId,
+            kind: Reason::EmptyAggregateId,
             col: ix.aggregate_id,
             role: "aggregate_id",
             why: "is empty: it is the Kafka key",
@@ -461,11 +424,11 @@ fn optional<'t>(
         Some(Datum::Text(b)) => Ok(Some(b)),
         Some(Datum::Null) | None => Ok(None),
         Some(Datum::Binary(_)) => Err(fail(
-            RowErrorKind::BinaryFormat,
+            Reason::BinaryFormat,
             "arrived in binary format; the relay reads text format only",
         )),
         Some(Datum::UnchangedToast) => Err(fail(
-            RowErrorKind::UnchangedToast,
+            Reason::UnchangedToast,
             "arrived as an unchanged TOAST value, which an insert cannot carry",
         )),
     }
@@ -474,7 +437,7 @@ fn optional<'t>(
 /// A text datum of a column that must not be NULL.
 fn required<'t>(tuple: &'t Tuple, col: usize, role: &'static str) -> Result<&'t Bytes, Failure> {
     optional(tuple, col, role)?.ok_or(Failure {
-        kind: RowErrorKind::NullColumn,
+        kind: Reason::NullColumn,
         col,
         role,
         why: "is NULL",
@@ -485,7 +448,7 @@ fn string(b: &Bytes, col: usize, role: &'static str) -> Result<String, Failure> 
     match std::str::from_utf8(b) {
         Ok(s) => Ok(s.to_owned()),
         Err(_) => Err(Failure {
-            kind: RowErrorKind::InvalidUtf8,
+            kind: Reason::InvalidUtf8,
             col,
             role,
             why: "is not valid UTF-8",
@@ -497,7 +460,7 @@ fn string(b: &Bytes, col: usize, role: &'static str) -> Result<String, Failure> 
 fn value(b: &Bytes, type_oid: u32, col: usize, role: &'static str) -> Result<Bytes, Failure> {
     if type_oid == type_oid::BYTEA {
         return decode_bytea(b).map(Bytes::from).map_err(|why| Failure {
-            kind: RowErrorKind::InvalidBytea,
+            kind: Reason::InvalidBytea,
             col,
             role,
             why,
@@ -506,7 +469,7 @@ fn value(b: &Bytes, type_oid: u32, col: usize, role: &'static str) -> Result<Byt
     match std::str::from_utf8(b) {
         Ok(_) => Ok(b.clone()),
         Err(_) => Err(Failure {
-            kind: RowErrorKind::InvalidUtf8,
+            kind: Reason::InvalidUtf8,
             col,
             role,
             why: "is not valid UTF-8",

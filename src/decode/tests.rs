@@ -8,6 +8,7 @@ use proptest::prelude::*;
 
 use super::encode::{encode, put_relation, put_tuple};
 use super::*;
+use crate::reason::Reason;
 
 // ---------------------------------------------------------------- helpers
 
@@ -758,7 +759,7 @@ fn null_in_each_required_column_is_a_row_error() {
         let e = decoder().insert(16384, t).unwrap_err();
         assert!(e.is_row_level());
         let r = row_err(e);
-        assert_eq!(r.reason, RowErrorKind::NullColumn);
+        assert_eq!(r.reason, Reason::NullColumn);
         assert_eq!(r.reason.code(), "null_column");
         assert_eq!(&r.column, role);
         assert!(r.detail.contains("NULL"), "{}", r.detail);
@@ -775,7 +776,7 @@ fn empty_aggregate_id_is_a_row_error() {
     let mut t = outbox_tuple();
     t.0[2] = text("");
     let r = row_err(decoder().insert(16384, t).unwrap_err());
-    assert_eq!(r.reason, RowErrorKind::EmptyAggregateId);
+    assert_eq!(r.reason, Reason::EmptyAggregateId);
     assert_eq!(r.column, "aggregate_id");
     assert_eq!(r.event_id.as_deref(), Some(ID));
 }
@@ -785,7 +786,7 @@ fn binary_datum_is_a_row_error() {
     let mut t = outbox_tuple();
     t.0[4] = Datum::Binary(Bytes::from_static(b"\x01{}"));
     let r = row_err(decoder().insert(16384, t).unwrap_err());
-    assert_eq!(r.reason, RowErrorKind::BinaryFormat);
+    assert_eq!(r.reason, Reason::BinaryFormat);
     assert_eq!(r.column, "payload");
     assert_eq!(
         r.raw.get("payload"),
@@ -805,7 +806,7 @@ fn unchanged_toast_is_a_row_error() {
     let mut t = outbox_tuple();
     t.0[4] = Datum::UnchangedToast;
     let r = row_err(decoder().insert(16384, t).unwrap_err());
-    assert_eq!(r.reason, RowErrorKind::UnchangedToast);
+    assert_eq!(r.reason, Reason::UnchangedToast);
     assert_eq!(r.raw.get("payload"), Some(None));
 }
 
@@ -815,7 +816,7 @@ fn invalid_utf8_is_a_row_error_and_keeps_the_raw_bytes() {
         let mut t = outbox_tuple();
         t.0[i] = Datum::Text(Bytes::from_static(b"caf\xe9"));
         let r = row_err(decoder().insert(16384, t).unwrap_err());
-        assert_eq!(r.reason, RowErrorKind::InvalidUtf8, "column {i}");
+        assert_eq!(r.reason, Reason::InvalidUtf8, "column {i}");
         assert_eq!(r.column, outbox_relation(1).columns[i].name);
         assert_eq!(r.raw.columns[i].value, Some(Bytes::from_static(b"caf\xe9")));
         assert_eq!(r.event_id.is_none(), i == 0);
@@ -831,7 +832,7 @@ fn invalid_bytea_is_a_row_error() {
     let mut t = outbox_tuple();
     t.0[4] = text(r"\x7");
     let r = row_err(d.insert(9, t).unwrap_err());
-    assert_eq!(r.reason, RowErrorKind::InvalidBytea);
+    assert_eq!(r.reason, Reason::InvalidBytea);
     assert_eq!(r.reason.code(), "invalid_bytea");
     assert_eq!(
         r.raw.get("payload"),
@@ -843,12 +844,12 @@ fn invalid_bytea_is_a_row_error() {
 #[test]
 fn every_row_error_code_is_distinct() {
     let kinds = [
-        RowErrorKind::NullColumn,
-        RowErrorKind::EmptyAggregateId,
-        RowErrorKind::BinaryFormat,
-        RowErrorKind::InvalidUtf8,
-        RowErrorKind::InvalidBytea,
-        RowErrorKind::UnchangedToast,
+        Reason::NullColumn,
+        Reason::EmptyAggregateId,
+        Reason::BinaryFormat,
+        Reason::InvalidUtf8,
+        Reason::InvalidBytea,
+        Reason::UnchangedToast,
     ];
     let codes: std::collections::HashSet<_> = kinds.iter().map(|k| k.code()).collect();
     assert_eq!(codes.len(), kinds.len());

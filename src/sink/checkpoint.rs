@@ -6,7 +6,8 @@
 //! reach become visible together or not at all (the approach of Kafka Connect's KIP-618).
 //!
 //! `resume_lsn` is the *end LSN* of the last Postgres transaction fully published; `partial`
-//! describes a Postgres transaction split over several Kafka transactions (DESIGN.md section 4).
+//! describes a Postgres transaction split over several Kafka transactions (docs/ARCHITECTURE.md,
+//! "Exactly once").
 
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,33 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::producer::SinkContext;
+use crate::config::ClientProps;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
+
+/// The checkpoint record's key: `<system identifier>/<database>/<slot>`. Two clusters may both
+/// have a slot called `outbox_relay`; the system identifier tells them apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointKey(String);
+
+impl CheckpointKey {
+    /// The key of `slot` in `dbname` on the cluster `system_id`.
+    pub fn new(system_id: &str, dbname: &str, slot: &str) -> Self {
+        Self(format!("{system_id}/{dbname}/{slot}"))
+    }
+
+    /// The key's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for CheckpointKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// Where publishing stands, as stored in the checkpoint topic.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -101,23 +127,24 @@ impl Checkpoint {
 /// with a `read_committed` consumer. Call it after `init_transactions`: from then on nobody
 /// else can write our key, and our own earlier open transaction has been aborted.
 pub fn read(
-    client_props: &[(String, String)],
+    client: &ClientProps,
     topic: &str,
-    key: &str,
+    key: &CheckpointKey,
     deadline: Duration,
 ) -> Result<Option<Checkpoint>> {
-    let mut cc = ClientConfig::new();
-    for (k, v) in client_props {
-        cc.set(k, v);
-    }
+    let mut cc: ClientConfig = client.client_config();
     cc.set("group.id", format!("outbox-relay-checkpoint-reader.{key}"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest");
-    let consumer: BaseConsumer = cc.create().map_err(|e| {
-        Error::config(format!("kafka: cannot create the checkpoint reader: {e}")).with_source(e)
-    })?;
+    // The relay's own context: librdkafka's logs through tracing, and reaching the end of the
+    // partition (what this reader waits for) is not logged as an error.
+    let consumer: BaseConsumer<SinkContext> = cc
+        .create_with_context(SinkContext::default())
+        .map_err(|e| {
+            Error::config(format!("kafka: cannot create the checkpoint reader: {e}")).with_source(e)
+        })?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning)
         .map_err(|e| Error::internal("kafka: checkpoint partition list").with_source(e))?;
@@ -154,7 +181,7 @@ pub fn read(
                 );
             }
             Some(Ok(msg)) => {
-                if msg.key() != Some(key.as_bytes()) {
+                if msg.key() != Some(key.as_str().as_bytes()) {
                     continue;
                 }
                 match msg.payload() {

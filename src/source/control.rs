@@ -5,7 +5,8 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
-use super::SourceSettings;
+use super::errors::map_sql_error;
+use super::{tls, SourceSettings};
 use crate::error::{Error, Kind, Result};
 use crate::lsn::Lsn;
 
@@ -40,79 +41,6 @@ impl std::fmt::Debug for Control {
     }
 }
 
-/// Sorts a tokio-postgres error by what the caller must do.
-pub fn map_sql_error(s: &SourceSettings, what: &str, e: tokio_postgres::Error) -> Error {
-    let at = s.address();
-    if let Some(db) = e.as_db_error() {
-        let code = db.code();
-        if *code == SqlState::INVALID_PASSWORD
-            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-        {
-            return Error::config(format!(
-                "postgres {at}: authentication failed for user {:?} (check postgres.password / postgres.password_file)",
-                s.user
-            ))
-            .with_source(e);
-        }
-        if *code == SqlState::INVALID_CATALOG_NAME {
-            return Error::config(format!(
-                "postgres {at}: database {:?} does not exist (postgres.dbname)",
-                s.dbname
-            ))
-            .with_source(e);
-        }
-        if *code == SqlState::INSUFFICIENT_PRIVILEGE {
-            return Error::config(format!(
-                "postgres {at}: {what}: permission denied for user {:?} (apply sql/003_relay_role.sql)",
-                s.user
-            ))
-            .with_source(e);
-        }
-        return Error::transient(format!("postgres {at}: {what}: {}", db.message())).with_source(e);
-    }
-    if let Some(reason) = tls_refusal(&e) {
-        // The certificate (or the TLS setup) is refused: retrying cannot help, a person must act.
-        return Error::config(format!(
-            "postgres {at}: {what}: TLS: {reason} (check postgres.sslrootcert, postgres.sslmode and that postgres.host is a name in the server's certificate)"
-        ))
-        .with_source(e);
-    }
-    Error::transient(format!("postgres {at}: {what}")).with_source(e)
-}
-
-/// Why the TLS handshake refused the server for good (its certificate, or no TLS at all where
-/// sslmode requires it), if that is what `e` is; not for transport failures during the handshake.
-fn tls_refusal(e: &tokio_postgres::Error) -> Option<String> {
-    if e.to_string().contains("server does not support TLS") {
-        return Some("the server does not support TLS".into());
-    }
-    let permanent = |r: &rustls::Error| {
-        matches!(
-            r,
-            rustls::Error::InvalidCertificate(_)
-                | rustls::Error::PeerIncompatible(_)
-                | rustls::Error::NoCertificatesPresented
-        )
-        .then(|| r.to_string())
-    };
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(r) = s.downcast_ref::<rustls::Error>() {
-            return permanent(r);
-        }
-        // io::Error::source skips the error it wraps: look at it directly.
-        if let Some(inner) = s
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|i| i.downcast_ref::<rustls::Error>())
-        {
-            return permanent(inner);
-        }
-        source = s.source();
-    }
-    None
-}
-
 impl Control {
     /// Connects with the relay's role.
     pub async fn connect(s: &SourceSettings) -> Result<Self> {
@@ -121,7 +49,7 @@ impl Control {
             .port(s.port)
             .dbname(&s.dbname)
             .user(&s.user)
-            .password(s.password.as_bytes())
+            .password(s.password.expose().as_bytes())
             .application_name("outbox-relay")
             .connect_timeout(s.connect_timeout);
         let ssl = match s.sslmode.as_str() {
@@ -177,6 +105,21 @@ impl Control {
         if wal_level != "logical" {
             return Err(Error::config(format!(
                 "postgres {at}: wal_level is {wal_level:?}, logical replication needs \"logical\" (set wal_level = logical in postgresql.conf and restart Postgres)"
+            )));
+        }
+        let table = self
+            .client
+            .query_opt(
+                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&s.table_schema, &s.table_name],
+            )
+            .await
+            .map_err(|e| self.err("reading pg_class", e))?;
+        if table.is_none() {
+            return Err(Error::config(format!(
+                "postgres {at}: table {}.{} does not exist in database {:?} (outbox.table; create it with sql/001_outbox.sql)",
+                s.table_schema, s.table_name, s.dbname
             )));
         }
         let pub_row = self
@@ -300,41 +243,50 @@ impl Control {
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
-    /// Makes sure the slot exists and suits us (pgoutput, our database, not invalidated),
-    /// creating it when `postgres.create_slot` allows.
-    pub async fn ensure_slot(&self) -> Result<SlotInfo> {
+    /// Creates the slot (pgoutput). Returns whether this call created it (false: another
+    /// instance starting at the same time created it first).
+    pub async fn create_slot(&self) -> Result<bool> {
+        let s = &self.settings;
+        let created = self
+            .client
+            .query_one(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&s.slot],
+            )
+            .await;
+        match created {
+            Ok(row) => {
+                let at_lsn: String = row.get(0);
+                tracing::info!(slot = %s.slot, lsn = %at_lsn, "created the replication slot");
+                Ok(true)
+            }
+            Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => Ok(false),
+            Err(e) => Err(self.err("creating the replication slot", e)),
+        }
+    }
+
+    /// Drops the slot this session created, when the start cannot go on (best effort), so a
+    /// failed first start leaves nothing behind that holds WAL.
+    pub async fn drop_slot(&self) {
+        let s = &self.settings;
+        match self
+            .client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&s.slot])
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(slot = %s.slot, "dropped the replication slot this start created")
+            }
+            Err(e) => {
+                tracing::warn!(slot = %s.slot, error = %e, "could not drop the replication slot this start created")
+            }
+        }
+    }
+
+    /// Checks that an existing slot suits us: pgoutput, our database, not invalidated.
+    pub fn check_slot(&self, info: &SlotInfo) -> Result<()> {
         let s = &self.settings;
         let at = s.address();
-        let info = match self.slot().await? {
-            Some(info) => info,
-            None if s.create_slot => {
-                let created = self
-                    .client
-                    .query_one(
-                        "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-                        &[&s.slot],
-                    )
-                    .await;
-                match created {
-                    Ok(row) => {
-                        let at_lsn: String = row.get(0);
-                        tracing::info!(slot = %s.slot, lsn = %at_lsn, "created the replication slot");
-                    }
-                    // Two instances starting together: the other one created it first.
-                    Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => {}
-                    Err(e) => return Err(self.err("creating the replication slot", e)),
-                }
-                self.slot().await?.ok_or_else(|| {
-                    Error::transient(format!("postgres {at}: slot {:?} vanished after creation", s.slot))
-                })?
-            }
-            None => {
-                return Err(Error::config(format!(
-                    "postgres {at}: replication slot {:?} does not exist and postgres.create_slot = false (create it: SELECT pg_create_logical_replication_slot('{}', 'pgoutput'))",
-                    s.slot, s.slot
-                )))
-            }
-        };
         if info.plugin.as_deref() != Some("pgoutput") {
             return Err(Error::config(format!(
                 "postgres {at}: slot {:?} uses plugin {:?}, the relay needs a pgoutput slot (postgres.slot)",
@@ -359,198 +311,6 @@ impl Control {
                 ),
             ));
         }
-        Ok(info)
-    }
-}
-
-/// TLS for the SQL connection, with libpq's meanings: `require` encrypts without verifying (unless a
-/// CA is given), `verify-ca` checks the chain against `sslrootcert`, `verify-full` also the host name.
-mod tls {
-    use std::sync::Arc;
-
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-
-    use super::SourceSettings;
-    use crate::error::{Error, Result};
-
-    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-        Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-    }
-
-    fn roots(s: &SourceSettings) -> Result<Option<Arc<RootCertStore>>> {
-        let Some(path) = &s.sslrootcert else {
-            return Ok(None);
-        };
-        let mut store = RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
-            Error::config(format!(
-                "postgres.sslrootcert: cannot read {}: {e}",
-                path.display()
-            ))
-        })?;
-        for cert in certs {
-            let cert = cert.map_err(|e| {
-                Error::config(format!(
-                    "postgres.sslrootcert: bad PEM in {}: {e}",
-                    path.display()
-                ))
-            })?;
-            store.add(cert).map_err(|e| {
-                Error::config(format!(
-                    "postgres.sslrootcert: unusable certificate in {}: {e}",
-                    path.display()
-                ))
-            })?;
-        }
-        Ok(Some(Arc::new(store)))
-    }
-
-    /// Verifies the chain with webpki but accepts any host name (libpq's verify-ca), or accepts
-    /// anything (require without a CA).
-    #[derive(Debug)]
-    struct Lenient {
-        inner: Option<Arc<rustls::client::WebPkiServerVerifier>>,
-        provider: Arc<rustls::crypto::CryptoProvider>,
-    }
-
-    impl ServerCertVerifier for Lenient {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            intermediates: &[CertificateDer<'_>],
-            server_name: &ServerName<'_>,
-            ocsp: &[u8],
-            now: UnixTime,
-        ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-            let Some(inner) = &self.inner else {
-                return Ok(ServerCertVerified::assertion());
-            };
-            match inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-                Ok(v) => Ok(v),
-                Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::NotValidForName,
-                ))
-                | Err(rustls::Error::InvalidCertificate(
-                    rustls::CertificateError::NotValidForNameContext { .. },
-                )) => Ok(ServerCertVerified::assertion()),
-                Err(e) => Err(e),
-            }
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.provider.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.provider
-                .signature_verification_algorithms
-                .supported_schemes()
-        }
-    }
-
-    /// The connector for `require`, `verify-ca` and `verify-full`.
-    pub fn connector(s: &SourceSettings) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
-        let provider = provider();
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::internal("TLS protocol versions").with_source(e))?;
-        let roots = roots(s)?;
-        let config = match (s.sslmode.as_str(), roots) {
-            ("verify-full", Some(roots)) => {
-                builder.with_root_certificates(roots).with_no_client_auth()
-            }
-            ("verify-full" | "verify-ca", None) => {
-                return Err(Error::config(format!(
-                    "postgres.sslrootcert is required for sslmode = {:?}",
-                    s.sslmode
-                )))
-            }
-            (_, roots) => {
-                let inner = match roots {
-                    Some(roots) => Some(
-                        rustls::client::WebPkiServerVerifier::builder_with_provider(
-                            roots,
-                            provider.clone(),
-                        )
-                        .build()
-                        .map_err(|e| Error::config(format!("postgres.sslrootcert: {e}")))?,
-                    ),
-                    None => None,
-                };
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(Lenient { inner, provider }))
-                    .with_no_client_auth()
-            }
-        };
-        Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tls;
-    use crate::source::tests::settings;
-
-    #[test]
-    fn verify_modes_need_a_ca_and_require_does_not() {
-        for mode in ["verify-ca", "verify-full"] {
-            let err = tls::connector(&settings(mode, None))
-                .err()
-                .expect("a CA is required");
-            assert!(
-                err.message().contains("postgres.sslrootcert"),
-                "{mode}: {err:?}"
-            );
-            assert_eq!(err.exit_code(), 78);
-        }
-        assert!(tls::connector(&settings("require", None)).is_ok());
-    }
-
-    #[test]
-    fn an_unreadable_or_empty_ca_bundle_is_named() {
-        let err = tls::connector(&settings("verify-full", Some("/no/such/ca.pem".into())))
-            .err()
-            .expect("missing file");
-        assert!(
-            err.message().contains("postgres.sslrootcert")
-                && err.message().contains("/no/such/ca.pem"),
-            "{err:?}"
-        );
-        // A file without any certificate: verify-ca cannot build a verifier from no roots.
-        let dir = tempfile::tempdir().expect("temp dir");
-        let empty = dir.path().join("empty.pem");
-        std::fs::write(&empty, "not a certificate\n").expect("write");
-        let err = tls::connector(&settings("verify-ca", Some(empty)))
-            .err()
-            .expect("no roots");
-        assert!(err.message().contains("postgres.sslrootcert"), "{err:?}");
+        Ok(())
     }
 }

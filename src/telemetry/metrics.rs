@@ -50,7 +50,7 @@ pub const REPLICATION_LAG: &str = "outbox_relay_replication_lag_bytes";
 pub const SLOT_RETAINED_WAL: &str = "outbox_relay_slot_retained_wal_bytes";
 /// Seconds since the last Kafka commit (since start when none yet).
 pub const LAST_COMMIT_AGE: &str = "outbox_relay_last_commit_age_seconds";
-/// Session errors by class (label `class`: transient, standby, config, invariant, bad_row, internal).
+/// Session errors by class (label `class`: transient, standby, fenced, config, invariant, bad_row, internal).
 pub const ERRORS: &str = "outbox_relay_errors_total";
 /// Times this instance was fenced by another relay with the same `transactional.id`.
 pub const FENCED: &str = "outbox_relay_fenced_total";

@@ -131,18 +131,19 @@ impl Status {
         self.metrics.committed(stats);
     }
 
-    /// A session ended with `err`: count it by class (and a fence separately).
+    /// A session ended with `err`: count it by class, and a fence on its own counter.
     pub fn session_error(&self, err: &Error) {
         let class = match err.kind() {
             Kind::Transient => "transient",
             Kind::Standby => "standby",
+            Kind::Fenced => "fenced",
             Kind::Config => "config",
             Kind::Invariant => "invariant",
             Kind::BadRow => "bad_row",
             Kind::Internal => "internal",
         };
         self.metrics.error(class);
-        if err.report().contains("was fenced") {
+        if err.kind() == Kind::Fenced {
             self.metrics.fenced();
         }
     }

@@ -1,6 +1,6 @@
 //! Outbox row -> Kafka record (topic, key, headers, value). Pure: no I/O, no clocks.
 //!
-//! The data contract (DESIGN.md section 3):
+//! The data contract (docs/ARCHITECTURE.md, "Data contract"; README "The message contract"):
 //! - topic: `routing.topics[aggregate_type]`, else `routing.topic_template` with
 //!   `{aggregate_type}` replaced (unless `routing.strict`, where an absent override is unroutable);
 //! - key: `aggregate_id` (per-aggregate order: one key, one partition);
@@ -9,8 +9,12 @@
 //! - headers: `event_id`, `event_type`, `aggregate_type`, `created_at`, `pg_lsn`, `pg_xid`,
 //!   `pg_commit_ts`, then every entry of the row's `headers` JSON object.
 //!
-//! A row that cannot become a record is a [`RouteError`] naming why; the relay dead-letters it or
-//! stops, by configuration. Topic strings are interned, so a row costs no topic allocation.
+//! A row that cannot become a record comes back with a [`Refusal`] naming why; the relay
+//! dead-letters it ([`deadletter`], built here too, with the same headers) or stops, by
+//! configuration. Topic strings are interned, so a row costs no topic allocation.
+
+pub mod deadletter;
+pub mod time;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -20,6 +24,9 @@ use bytes::Bytes;
 
 use crate::decode::OutboxRow;
 use crate::lsn::Lsn;
+use crate::reason::{Reason, Refusal};
+
+pub use time::{parse_rfc3339_micros, pg_timestamp_rfc3339};
 
 /// Names of the headers the relay sets; a row's own headers may not override them.
 pub const RESERVED_HEADERS: [&str; 7] = [
@@ -43,6 +50,17 @@ pub struct Record {
     pub value: Bytes,
     /// Headers in order.
     pub headers: Vec<(Cow<'static, str>, Bytes)>,
+    /// The row's event id (the `event_id` header's value), carried so a refusal can name the row
+    /// without re-reading the headers. `None` for a dead letter whose id column was unreadable.
+    pub event_id: Option<Bytes>,
+}
+
+impl Record {
+    /// Bytes the record weighs in a Kafka transaction: key, value and headers.
+    pub fn size(&self) -> u64 {
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        (self.value.len() + self.key.as_ref().map_or(0, |k| k.len()) + headers) as u64
+    }
 }
 
 /// One Kafka header: name and value.
@@ -59,17 +77,8 @@ pub struct Position {
     pub commit_ts_micros: i64,
 }
 
-/// Why a row cannot be published.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteError {
-    /// Short machine-readable reason (a dead-letter header).
-    pub reason: &'static str,
-    /// What exactly, for people.
-    pub detail: String,
-}
-
 /// Routing rules, resolved from the configuration.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouterSettings {
     /// Template with `{aggregate_type}`.
     pub topic_template: String,
@@ -79,6 +88,22 @@ pub struct RouterSettings {
     pub strict: bool,
 }
 
+impl RouterSettings {
+    /// `[routing]` of a validated configuration.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        RouterSettings {
+            topic_template: cfg.routing.topic_template.clone(),
+            topics: cfg
+                .routing
+                .topics
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            strict: cfg.routing.strict,
+        }
+    }
+}
+
 /// Type OIDs of `json` and `jsonb`: Postgres validated those payloads already.
 const JSON_OIDS: [u32; 2] = [114, 3802];
 
@@ -86,7 +111,7 @@ const JSON_OIDS: [u32; 2] = [114, 3802];
 #[derive(Debug)]
 pub struct Router {
     settings: RouterSettings,
-    interned: HashMap<String, Result<Arc<str>, RouteError>>,
+    interned: HashMap<String, Result<Arc<str>, Refusal>>,
     /// The transaction-wide header values of the last row (`pg_xid`, `pg_commit_ts`): every row of a
     /// transaction shares them, so they are formatted once per transaction, not once per row.
     txn_headers: Option<(u32, i64, Bytes, Bytes)>,
@@ -120,7 +145,7 @@ impl Router {
     }
 
     /// The topic for an aggregate type.
-    pub fn topic(&mut self, aggregate_type: &str) -> Result<Arc<str>, RouteError> {
+    pub fn topic(&mut self, aggregate_type: &str) -> Result<Arc<str>, Refusal> {
         if let Some(t) = self.interned.get(aggregate_type) {
             return t.clone();
         }
@@ -130,16 +155,16 @@ impl Router {
         resolved
     }
 
-    fn resolve(&self, aggregate_type: &str) -> Result<Arc<str>, RouteError> {
+    fn resolve(&self, aggregate_type: &str) -> Result<Arc<str>, Refusal> {
         let topic = match self.settings.topics.get(aggregate_type) {
             Some(t) => t.clone(),
             None if self.settings.strict => {
-                return Err(RouteError {
-                    reason: "unroutable",
-                    detail: format!(
+                return Err(Refusal::new(
+                    Reason::Unroutable,
+                    format!(
                         "aggregate_type {aggregate_type:?} has no entry in [routing.topics] and routing.strict = true"
                     ),
-                })
+                ))
             }
             None => self
                 .settings
@@ -147,12 +172,12 @@ impl Router {
                 .replace("{aggregate_type}", aggregate_type),
         };
         if !valid_topic(&topic) {
-            return Err(RouteError {
-                reason: "invalid_topic",
-                detail: format!(
+            return Err(Refusal::new(
+                Reason::InvalidTopic,
+                format!(
                     "aggregate_type {aggregate_type:?} routes to {topic:?}, which is not a valid Kafka topic name"
                 ),
-            });
+            ));
         }
         Ok(Arc::from(topic))
     }
@@ -163,8 +188,7 @@ impl Router {
                 (x.clone(), t.clone())
             }
             _ => {
-                let x = Bytes::from(pos.xid.to_string());
-                let t = Bytes::from(pg_timestamp_rfc3339(pos.commit_ts_micros));
+                let (x, t) = txn_header_values(pos);
                 self.txn_headers = Some((pos.xid, pos.commit_ts_micros, x.clone(), t.clone()));
                 (x, t)
             }
@@ -177,45 +201,43 @@ impl Router {
         &mut self,
         row: OutboxRow,
         pos: &Position,
-    ) -> Result<Record, Box<(RouteError, OutboxRow)>> {
+    ) -> Result<Record, Box<(Refusal, OutboxRow)>> {
         let (topic, extra) = match self.check(&row) {
             Ok(checked) => checked,
             Err(e) => return Err(Box::new((e, row))),
         };
-        let mut headers: Vec<(Cow<'static, str>, Bytes)> = Vec::with_capacity(7 + extra.len());
-        headers.push((Cow::Borrowed("event_id"), Bytes::from(row.id)));
-        headers.push((Cow::Borrowed("event_type"), Bytes::from(row.event_type)));
-        headers.push((
-            Cow::Borrowed("aggregate_type"),
+        let event_id = Bytes::from(row.id);
+        let txn = self.txn_headers(pos);
+        let mut headers = standard_headers(
+            event_id.clone(),
+            Bytes::from(row.event_type),
             Bytes::from(row.aggregate_type),
-        ));
-        if let Some(created_at) = row.created_at {
-            headers.push((Cow::Borrowed("created_at"), Bytes::from(created_at)));
-        }
-        headers.push((Cow::Borrowed("pg_lsn"), Bytes::from(pos.lsn.to_string())));
-        let (xid, ts) = self.txn_headers(pos);
-        headers.push((Cow::Borrowed("pg_xid"), xid));
-        headers.push((Cow::Borrowed("pg_commit_ts"), ts));
+            row.created_at.map(Bytes::from),
+            pos,
+            txn,
+            extra.len(),
+        );
         headers.extend(extra);
         Ok(Record {
             topic,
             key: Some(Bytes::from(row.aggregate_id)),
             value: row.payload,
             headers,
+            event_id: Some(event_id),
         })
     }
 
     /// Everything that can make a row unpublishable, checked before any of it is moved: the
     /// topic, the payload's JSON (for text/bytea columns), the headers object.
-    fn check(&mut self, row: &OutboxRow) -> Result<(Arc<str>, Vec<Header>), RouteError> {
+    fn check(&mut self, row: &OutboxRow) -> Result<(Arc<str>, Vec<Header>), Refusal> {
         let topic = self.topic(&row.aggregate_type)?;
         if !JSON_OIDS.contains(&row.payload_type_oid)
             && serde_json::from_slice::<serde::de::IgnoredAny>(&row.payload).is_err()
         {
-            return Err(RouteError {
-                reason: "payload_not_json",
-                detail: format!("payload of event {} is not valid JSON", row.id),
-            });
+            return Err(Refusal::new(
+                Reason::PayloadNotJson,
+                format!("payload of event {} is not valid JSON", row.id),
+            ));
         }
         let mut extra = Vec::new();
         if let Some(raw) = &row.headers {
@@ -225,28 +247,61 @@ impl Router {
     }
 }
 
+/// The `pg_xid` and `pg_commit_ts` header values of the transaction at `pos`.
+pub fn txn_header_values(pos: &Position) -> (Bytes, Bytes) {
+    (
+        Bytes::from(pos.xid.to_string()),
+        Bytes::from(pg_timestamp_rfc3339(pos.commit_ts_micros)),
+    )
+}
+
+/// The headers every record of a row carries, routed or dead-lettered, in this order:
+/// `event_id`, `event_type`, `aggregate_type`, `created_at` (when known), `pg_lsn`, `pg_xid`,
+/// `pg_commit_ts`. Room is left for `extra` more.
+pub fn standard_headers(
+    event_id: Bytes,
+    event_type: Bytes,
+    aggregate_type: Bytes,
+    created_at: Option<Bytes>,
+    pos: &Position,
+    (xid, commit_ts): (Bytes, Bytes),
+    extra: usize,
+) -> Vec<Header> {
+    let mut headers: Vec<Header> = Vec::with_capacity(7 + extra);
+    headers.push((Cow::Borrowed("event_id"), event_id));
+    headers.push((Cow::Borrowed("event_type"), event_type));
+    headers.push((Cow::Borrowed("aggregate_type"), aggregate_type));
+    if let Some(created_at) = created_at {
+        headers.push((Cow::Borrowed("created_at"), created_at));
+    }
+    headers.push((Cow::Borrowed("pg_lsn"), Bytes::from(pos.lsn.to_string())));
+    headers.push((Cow::Borrowed("pg_xid"), xid));
+    headers.push((Cow::Borrowed("pg_commit_ts"), commit_ts));
+    headers
+}
+
 /// Appends the entries of a row's `headers` JSON object: strings as their text, other values as
 /// their JSON text. Reserved names are refused rather than silently shadowed.
 fn extra_headers(
     raw: &[u8],
     event_id: &str,
     out: &mut Vec<(Cow<'static, str>, Bytes)>,
-) -> Result<(), RouteError> {
-    let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| RouteError {
-        reason: "headers_not_json",
-        detail: format!("headers of event {event_id} are not valid JSON: {e}"),
+) -> Result<(), Refusal> {
+    let value: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
+        Refusal::new(
+            Reason::HeadersNotJson,
+            format!("headers of event {event_id} are not valid JSON: {e}"),
+        )
     })?;
     match value {
         serde_json::Value::Null => Ok(()),
         serde_json::Value::Object(map) => {
             for (k, v) in map {
                 if RESERVED_HEADERS.contains(&k.as_str()) {
-                    return Err(RouteError {
-                        reason: "reserved_header",
-                        detail: format!(
-                            "headers of event {event_id} set {k:?}, which the relay owns"
-                        ),
-                    });
+                    return Err(Refusal::new(
+                        Reason::ReservedHeader,
+                        format!("headers of event {event_id} set {k:?}, which the relay owns"),
+                    ));
                 }
                 let bytes = match v {
                     serde_json::Value::String(s) => Bytes::from(s),
@@ -256,65 +311,11 @@ fn extra_headers(
             }
             Ok(())
         }
-        _ => Err(RouteError {
-            reason: "headers_not_object",
-            detail: format!("headers of event {event_id} are not a JSON object"),
-        }),
+        _ => Err(Refusal::new(
+            Reason::HeadersNotObject,
+            format!("headers of event {event_id} are not a JSON object"),
+        )),
     }
-}
-
-/// Microseconds since 2000-01-01 (Postgres' epoch) as RFC 3339 UTC with microseconds.
-pub fn pg_timestamp_rfc3339(micros_since_2000: i64) -> String {
-    const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
-    let unix_micros = micros_since_2000 + PG_EPOCH_UNIX_SECS * 1_000_000;
-    let secs = unix_micros.div_euclid(1_000_000);
-    let micros = unix_micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
-}
-
-/// Parses what [`pg_timestamp_rfc3339`] prints back to microseconds since the Unix epoch.
-pub fn parse_rfc3339_micros(text: &str) -> Option<i64> {
-    let b = text.as_bytes();
-    if b.len() != 27 || b[4] != b'-' || b[10] != b'T' || b[26] != b'Z' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss, us) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..26)?);
-    let days = days_from_civil(y, m, d);
-    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + us)
-}
-
-// Howard Hinnant's civil calendar algorithms.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -389,7 +390,7 @@ mod tests {
                 .expect_err("must fail")
                 .0
                 .reason,
-            "unroutable"
+            Reason::Unroutable
         );
         assert_eq!(
             router(false)
@@ -397,7 +398,7 @@ mod tests {
                 .expect_err("must fail")
                 .0
                 .reason,
-            "invalid_topic"
+            Reason::InvalidTopic
         );
         assert_eq!(
             router(false)
@@ -405,7 +406,7 @@ mod tests {
                 .expect_err("must fail")
                 .0
                 .reason,
-            "headers_not_object"
+            Reason::HeadersNotObject
         );
         assert_eq!(
             router(false)
@@ -413,7 +414,7 @@ mod tests {
                 .expect_err("must fail")
                 .0
                 .reason,
-            "reserved_header"
+            Reason::ReservedHeader
         );
         let mut r = router(false);
         let mut bad = row("booking", None);
@@ -421,17 +422,8 @@ mod tests {
         bad.payload_type_oid = 25; // text
         assert_eq!(
             r.route(bad, &POS).expect_err("must fail").0.reason,
-            "payload_not_json"
+            Reason::PayloadNotJson
         );
-    }
-
-    #[test]
-    fn timestamps_round_trip() {
-        let micros = 848_984_400_123_456; // 2026-11-26-ish since 2000
-        let text = pg_timestamp_rfc3339(micros);
-        let unix = parse_rfc3339_micros(&text).expect("parses");
-        assert_eq!(unix, micros + 946_684_800 * 1_000_000);
-        assert_eq!(pg_timestamp_rfc3339(-1), "1999-12-31T23:59:59.999999Z");
     }
 
     #[test]

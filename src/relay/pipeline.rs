@@ -1,0 +1,530 @@
+//! The loop: one task, one biased `select!`, data flowing one way.
+//!
+//! ```text
+//!  Stream ──event──> Tracker ──Publish(pos)──> decode ──row──> Router ──record──> Committer
+//!    ^   (skip what the checkpoint covers)       │ bad row ──> DeadLetters ──────────┘ │
+//!    │                                                                                 │
+//!    └───────────── ack(tracker.committed(checkpoint)) <── Committed { checkpoint } ───┘
+//! ```
+//!
+//! The tracker decides positions and cuts, the committer does the Kafka side; this file only
+//! wires them and holds no position of its own. No channels: the stages are cheap synchronous
+//! calls except the Kafka commit, which already runs on a blocking thread inside the committer,
+//! so one task keeps ordering obvious (docs/ARCHITECTURE.md, "One task").
+//!
+//! Branches, in priority order (`biased`):
+//! 1. shutdown: drain (commit what is assembled, wait for every decided commit, acknowledge);
+//! 2. a SIGHUP reload: rare and cheap, before the stream, which may always be ready;
+//! 3. a commit returned: acknowledge, then what waited for it is produced;
+//! 4. the open Kafka transaction is old enough (`batch.max_delay_ms`): cut it;
+//! 5. the stream, when the committer has room (bounded memory);
+//! 6. an idle checkpoint is due (the outbox is idle but WAL moves);
+//! 7. the heartbeat: the SQL connection checks the slot;
+//! 8. a turn of at most [`TURN`], so the watchdog is fed while idle.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use super::settings::{BatchSettings, LiveSettings, OnError, RelaySettings};
+use super::tracker::{Change, TrackError, Tracker};
+use crate::decode::{self, InsertError, OutboxDecoder, OutboxRow, PgOutput, RowError, Tuple};
+use crate::error::{Error, Kind, Result};
+use crate::lsn::Lsn;
+use crate::reason::{Reason, Refusal};
+use crate::route::deadletter::DeadLetters;
+use crate::route::{Position, Record, Router};
+use crate::shutdown::Shutdown;
+use crate::sink::{Committer, Outcome, Partial, Refusals};
+use crate::source::{Control, SourceEvent, Stream};
+use crate::telemetry::{Status, TxnStats};
+
+/// How often the SQL connection checks the slot while streaming; a check that does not answer in
+/// this time ends the session (a connection that hangs without an error, e.g. a network partition).
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Longest an idle loop goes without a turn (each turn ticks the watchdog).
+const TURN: Duration = Duration::from_millis(500);
+/// Buffered stream events handled per turn before the timers get a look.
+const BURST: usize = 256;
+
+/// A row that cannot be published, in whatever shape it failed.
+enum BadRow {
+    /// Its columns could not be read.
+    Raw(RowError),
+    /// Decoded, not routable (or refused on an earlier attempt).
+    Row(OutboxRow, Refusal),
+    /// Routed, not publishable (topic, size).
+    Record(Record, Refusal),
+}
+
+impl BadRow {
+    fn refusal(&self) -> Refusal {
+        match self {
+            BadRow::Raw(e) => Refusal::new(e.reason, e.detail.clone()),
+            BadRow::Row(_, r) | BadRow::Record(_, r) => r.clone(),
+        }
+    }
+
+    fn event_id(&self) -> Option<String> {
+        match self {
+            BadRow::Raw(e) => e.event_id.clone(),
+            BadRow::Row(row, _) => Some(row.id.clone()),
+            BadRow::Record(rec, _) => rec
+                .event_id
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+        }
+    }
+}
+
+/// The loop's state: the stages, and nothing else.
+#[allow(missing_debug_implementations)]
+pub struct Pipeline<'a> {
+    settings: &'a RelaySettings,
+    control: Control,
+    stream: Stream,
+    tracker: Tracker,
+    committer: Committer,
+    decoder: OutboxDecoder,
+    router: Router,
+    dead_letters: Option<DeadLetters>,
+    /// Batch limits in force (reloadable).
+    batch: BatchSettings,
+    live: &'a mut watch::Receiver<LiveSettings>,
+    /// What the assembling Kafka transaction holds, for the metrics at its commit.
+    stats: TxnStats,
+    status: Arc<Status>,
+    /// A bad row with `on_error = "stop"`: finish what is decided, then end with this error.
+    stop_after: Option<Error>,
+    last_commit_at: Instant,
+    wal_end: Lsn,
+}
+
+impl<'a> Pipeline<'a> {
+    /// Wires the stages of a started session.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: &'a RelaySettings,
+        control: Control,
+        stream: Stream,
+        tracker: Tracker,
+        committer: Committer,
+        live_now: LiveSettings,
+        live: &'a mut watch::Receiver<LiveSettings>,
+        status: &Arc<Status>,
+    ) -> Self {
+        let src = &settings.source;
+        status
+            .checkpoint_lsn
+            .store(tracker.resume_lsn().as_u64(), Ordering::Relaxed);
+        status.set_ready(true);
+        Self {
+            settings,
+            control,
+            stream,
+            tracker,
+            committer,
+            decoder: OutboxDecoder::new(
+                &src.table_schema,
+                &src.table_name,
+                settings.columns.clone(),
+            ),
+            router: Router::new(live_now.router),
+            dead_letters: match &settings.on_error {
+                OnError::DeadLetter(topic) => {
+                    Some(DeadLetters::new(topic, settings.columns.clone()))
+                }
+                OnError::Stop => None,
+            },
+            batch: live_now.batch,
+            live,
+            stats: TxnStats::default(),
+            status: status.clone(),
+            stop_after: None,
+            last_commit_at: Instant::now(),
+            wal_end: Lsn::ZERO,
+        }
+    }
+
+    /// Runs until shutdown (drained: `Ok`) or an error.
+    pub async fn run(&mut self, shutdown: &Shutdown) -> Result<()> {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        let mut turn = tokio::time::interval(TURN);
+        turn.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stall_at = crate::telemetry::test_stall_deadline();
+        let mut live_open = true;
+        loop {
+            self.status.tick();
+            if stall_at.is_some_and(|at| Instant::now() >= at) {
+                tracing::warn!("test hook OUTBOX_RELAY_TEST_STALL_AFTER_READY: the pipeline loop stops turning");
+                std::future::pending::<()>().await;
+            }
+            if self.stop_after.is_some() && !self.committer.committing() {
+                return Err(self
+                    .stop_after
+                    .take()
+                    .unwrap_or_else(|| Error::internal("stop")));
+            }
+            let stopping = self.stop_after.is_some();
+            let fill = *self.committer.fill();
+            let committing = self.committer.committing();
+            let commit_at = self
+                .tracker
+                .commit_deadline(&fill, committing, &self.batch)
+                .filter(|_| !stopping);
+            let idle_at = self
+                .tracker
+                .idle_checkpoint_at(self.committer.idle(), self.last_commit_at, &self.batch)
+                .filter(|_| !stopping);
+            let reading = !stopping && self.committer.has_room(self.batch.max_events);
+            tokio::select! {
+                biased;
+                _ = shutdown.requested() => return self.drain().await,
+                changed = self.live.changed(), if live_open => match changed {
+                    Ok(()) => self.apply_live(),
+                    Err(_) => live_open = false,
+                },
+                outcome = self.committer.finished(), if committing => self.on_commit(outcome?)?,
+                _ = sleep_until(commit_at), if commit_at.is_some() => self.decide(None)?,
+                ev = self.stream.recv(&self.settings.source), if reading => {
+                    self.handle(ev?)?;
+                    // Take what is already buffered without yielding to the timers each time.
+                    for _ in 0..BURST {
+                        if self.stop_after.is_some() {
+                            break;
+                        }
+                        match futures::FutureExt::now_or_never(self.stream.recv(&self.settings.source)) {
+                            Some(ev) => self.handle(ev?)?,
+                            None => break,
+                        }
+                    }
+                }
+                _ = sleep_until(idle_at), if idle_at.is_some() => self.decide(None)?,
+                _ = heartbeat.tick() => self.heartbeat().await?,
+                _ = turn.tick() => {}
+            }
+        }
+    }
+
+    /// Ends the session: after an error, abort the open Kafka transaction; close the stream once
+    /// the last acknowledgement reached the server. Returns the refused-record memory.
+    pub async fn finish(self, failed: bool) -> Refusals {
+        let Pipeline {
+            mut committer,
+            stream,
+            status,
+            ..
+        } = self;
+        if failed && committer.abort() {
+            status.metrics.aborted();
+        }
+        stream.close().await;
+        committer.into_refusals()
+    }
+
+    /// Cuts the assembling Kafka transaction here (with `partial` inside a Postgres transaction).
+    fn decide(&mut self, partial: Option<Partial>) -> Result<()> {
+        let checkpoint = self.tracker.checkpoint(partial);
+        // A split Postgres transaction: what of it this commit holds counts from now.
+        if let Some(ts) = self.tracker.current_commit_ts() {
+            self.stats.pg_commit(ts);
+        }
+        self.committer
+            .decide(checkpoint, std::mem::take(&mut self.stats))
+    }
+
+    /// A commit returned.
+    fn on_commit(&mut self, outcome: Outcome) -> Result<()> {
+        let mut c = match outcome {
+            Outcome::Committed(c) => c,
+            Outcome::Refused { event_id, refusal } => {
+                return Err(Error::transient(format!(
+                    "kafka: the broker refused the record of outbox row {event_id} ({refusal}); replaying to dead-letter it"
+                )))
+            }
+        };
+        let ack = self.tracker.committed(&c.checkpoint);
+        self.stream.ack(ack);
+        self.last_commit_at = Instant::now();
+        self.status.committed(&mut c.stats, ack.as_u64());
+        tracing::debug!(
+            events = c.events,
+            commit_ms = c.took.as_millis() as u64,
+            resume_lsn = %ack,
+            partial = ?c.checkpoint.partial,
+            "committed"
+        );
+        // What grew while the commit ran may be due already.
+        if self.stop_after.is_none()
+            && self.tracker.commit_due(
+                self.committer.fill(),
+                self.committer.committing(),
+                &self.batch,
+                Instant::now(),
+            )
+        {
+            self.decide(None)?;
+        }
+        Ok(())
+    }
+
+    /// Shutdown: commit what is assembled (as a partial checkpoint inside a Postgres
+    /// transaction), wait for every decided commit, acknowledge.
+    async fn drain(&mut self) -> Result<()> {
+        if !self.committer.fill().is_empty() && self.stop_after.is_none() {
+            self.decide(self.tracker.drain_partial())?;
+        }
+        while self.committer.committing() {
+            let outcome = self.committer.finished().await?;
+            self.on_commit(outcome)?;
+        }
+        if let Some(e) = self.stop_after.take() {
+            return Err(e);
+        }
+        tracing::info!(
+            resume_lsn = %self.tracker.resume_lsn(),
+            "drained: everything received is committed in Kafka and acknowledged"
+        );
+        Ok(())
+    }
+
+    fn handle(&mut self, ev: SourceEvent) -> Result<()> {
+        match ev {
+            SourceEvent::Begin {
+                final_lsn,
+                xid,
+                commit_ts_micros,
+            } => self
+                .tracker
+                .begin(final_lsn, xid, commit_ts_micros)
+                .map_err(track_error),
+            SourceEvent::Change { lsn, data } => self.change(lsn, data),
+            SourceEvent::Commit { end_lsn, .. } => {
+                let ts = self.tracker.commit(end_lsn).map_err(track_error)?;
+                self.stats.pg_commit(ts);
+                // Checked here too, not only by the timer, so a steady stream of small
+                // transactions still commits every max_delay.
+                if self.stop_after.is_none()
+                    && self.tracker.commit_due(
+                        self.committer.fill(),
+                        self.committer.committing(),
+                        &self.batch,
+                        Instant::now(),
+                    )
+                {
+                    self.decide(None)?;
+                }
+                Ok(())
+            }
+            SourceEvent::Message { .. } => Ok(()),
+            SourceEvent::KeepAlive { wal_end } => {
+                self.wal_end = self.wal_end.max(wal_end);
+                self.status
+                    .server_wal_end
+                    .store(self.wal_end.as_u64(), Ordering::Relaxed);
+                self.tracker.keepalive(wal_end, self.committer.fill());
+                Ok(())
+            }
+        }
+    }
+
+    fn change(&mut self, lsn: Lsn, data: Bytes) -> Result<()> {
+        // Retrying would re-read the same bytes: an undecodable message stops the relay.
+        let msg = decode::decode(data).map_err(|e| {
+            Error::internal(format!("postgres: undecodable pgoutput message at {lsn}"))
+                .with_source(e)
+        })?;
+        match msg {
+            // A schema problem (wrong table, missing mapped column) surfaces at the first row that
+            // is not skipped: Relation messages also precede rows the checkpoint already covers,
+            // which were published under the old mapping.
+            PgOutput::Relation(rel) => self.decoder.relation(rel),
+            PgOutput::Insert { relation_id, tuple } => {
+                let pos = match self.tracker.change(lsn).map_err(track_error)? {
+                    Change::Skip => return Ok(()),
+                    Change::Publish(pos) => pos,
+                };
+                self.insert(pos, relation_id, tuple)?;
+                // Split a big Postgres transaction: commit what is assembled, with a partial
+                // checkpoint that says how many of its changes are published.
+                if self.stop_after.is_none() {
+                    if let Some(partial) =
+                        self.tracker.split_due(self.committer.fill(), &self.batch)
+                    {
+                        self.decide(Some(partial))?;
+                    }
+                }
+            }
+            // The publication is insert-only; other changes are not events.
+            PgOutput::Update { .. } | PgOutput::Delete { .. } | PgOutput::Truncate { .. } => {}
+            PgOutput::Type { .. } | PgOutput::Origin { .. } | PgOutput::Message { .. } => {}
+            PgOutput::Begin { .. } | PgOutput::Commit { .. } => {
+                return Err(Error::internal(
+                    "postgres: Begin/Commit arrived as raw data: the transport changed behaviour",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// One new outbox row: decode, route, admit, queue; or dead-letter (or stop).
+    fn insert(&mut self, pos: Position, relation_id: u32, tuple: Tuple) -> Result<()> {
+        let row = match self.decoder.insert(relation_id, tuple) {
+            Ok(row) => row,
+            Err(InsertError::Row(e)) => return self.bad_row(BadRow::Raw(e), &pos),
+            Err(e) => {
+                return Err(Error::config(format!(
+                    "postgres: the outbox stream does not match the configuration at {}",
+                    pos.lsn
+                ))
+                .with_source(e))
+            }
+        };
+        if let Some(refusal) = self.committer.refused(row.id.as_bytes()) {
+            let refusal = refusal.clone();
+            return self.bad_row(BadRow::Row(row, refusal), &pos);
+        }
+        let rec = match self.router.route(row, &pos) {
+            Ok(rec) => rec,
+            Err(failed) => {
+                let (refusal, row) = *failed;
+                return self.bad_row(BadRow::Row(row, refusal), &pos);
+            }
+        };
+        if let Some(refusal) = self.committer.admit(&rec)? {
+            return self.bad_row(BadRow::Record(rec, refusal), &pos);
+        }
+        self.stats.published(&rec.topic);
+        self.status.events_published.fetch_add(1, Ordering::Relaxed);
+        self.committer.send(rec)
+    }
+
+    /// A row that cannot be published: dead-letter it in the open transaction, or stop.
+    fn bad_row(&mut self, bad: BadRow, pos: &Position) -> Result<()> {
+        let refusal = bad.refusal();
+        let id = bad.event_id().unwrap_or_else(|| "(unknown)".into());
+        let Some(dead_letters) = &self.dead_letters else {
+            // Publish everything before the bad row (a cut at this row), acknowledge up to the
+            // end of the last whole transaction, and stop: a restart begins at this row.
+            if !self.committer.fill().is_empty() {
+                self.decide(self.tracker.partial_before_current())?;
+            }
+            self.stop_after = Some(Error::new(
+                Kind::BadRow,
+                format!(
+                    "outbox row {id} at {} (xid {}) cannot be published: {refusal} (errors.on_error = \"stop\"; fix the row or the configuration, then start again: nothing past it was acknowledged)",
+                    pos.lsn, pos.xid
+                ),
+            ));
+            return Ok(());
+        };
+        tracing::warn!(
+            event_id = %id,
+            pg_lsn = %pos.lsn,
+            reason = %refusal.reason,
+            "dead-lettering outbox row: {}",
+            refusal.detail
+        );
+        let rec = match bad {
+            BadRow::Raw(e) => dead_letters.from_raw(e, pos),
+            BadRow::Row(row, refusal) => {
+                let intended = self.router.topic(&row.aggregate_type).ok();
+                dead_letters.from_row(row, intended.as_ref(), pos, &refusal)
+            }
+            BadRow::Record(rec, refusal) => dead_letters.from_record(rec, &refusal),
+        };
+        if let Some(refused) = self.committer.admit(&rec)? {
+            return Err(match refused.reason {
+                Reason::RecordTooLarge => Error::bad_row(format!(
+                    "outbox row {id} at {} could not be dead-lettered either: {refused}",
+                    pos.lsn
+                )),
+                _ => Error::config(format!(
+                    "kafka: outbox row {id} cannot be dead-lettered: {refused} (errors.dead_letter_topic {:?}: create the topic, or let the relay write it)",
+                    &*rec.topic
+                )),
+            });
+        }
+        self.stats.dead_lettered();
+        self.status
+            .events_dead_lettered
+            .fetch_add(1, Ordering::Relaxed);
+        self.committer.send(rec)
+    }
+
+    /// Checks the slot over the SQL connection: proves Postgres still answers (a partitioned
+    /// network can leave the replication connection silent but open) and refreshes slot metrics.
+    async fn heartbeat(&mut self) -> Result<()> {
+        let src = &self.settings.source;
+        let slot = match tokio::time::timeout(HEARTBEAT, self.control.slot()).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::transient(format!(
+                    "postgres {}: no answer to the slot check within {HEARTBEAT:?}: reconnecting",
+                    src.address()
+                )))
+            }
+        };
+        let Some(slot) = slot else {
+            return Err(Error::invariant(format!(
+                "postgres {}: slot {:?} was dropped while the relay streamed from it",
+                src.address(),
+                src.slot
+            )));
+        };
+        if slot.wal_status.as_deref() == Some("lost") {
+            return Err(Error::invariant(format!(
+                "postgres {}: slot {:?} was invalidated (wal_status = lost); see the README, \"Recovering from an invalidated slot\"",
+                src.address(),
+                src.slot
+            )));
+        }
+        if let Some(restart) = slot.restart_lsn {
+            self.status
+                .slot_restart_lsn
+                .store(restart.as_u64(), Ordering::Relaxed);
+        }
+        // For the lag and retained-WAL gauges only: a failure here is not the session's.
+        if let Ok(Ok(current)) =
+            tokio::time::timeout(HEARTBEAT, self.control.current_wal_lsn()).await
+        {
+            self.status
+                .server_current_lsn
+                .store(current.as_u64(), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// A SIGHUP reload: new batch limits from the next commit decision, new routing from the next
+    /// event. Positions and the open Kafka transaction are untouched.
+    fn apply_live(&mut self) {
+        let live = self.live.borrow_and_update().clone();
+        self.batch = live.batch;
+        self.router.set_settings(live.router);
+        tracing::info!(
+            max_events = self.batch.max_events,
+            max_bytes = self.batch.max_bytes,
+            max_delay_ms = self.batch.max_delay.as_millis() as u64,
+            "reloaded settings applied to the running pipeline"
+        );
+    }
+}
+
+fn track_error(e: TrackError) -> Error {
+    match e {
+        TrackError::Protocol(_) => Error::transient(e.to_string()),
+        TrackError::PartialMismatch { .. } => Error::invariant(e.to_string()),
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}

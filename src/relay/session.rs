@@ -1,0 +1,348 @@
+//! A session: one replication connection and one producer, started in the order exactly-once
+//! depends on (docs/ARCHITECTURE.md, "Start-up"), then handed to the loop.
+//!
+//! ```text
+//!  0. preflight (SQL): wal_level, the table, the publication, the mapped columns, the slot
+//!  1. a missing slot: a checkpoint in Kafka means it was lost (stop, 70); none: create it
+//!  2. acquire the slot: START_REPLICATION (a standby waits here, disturbing nobody)
+//!  3. init_transactions: fences any zombie with our transactional.id
+//!  4. read the checkpoint to the end, read_committed: nobody else can write it now
+//!  5. check confirmed_flush_lsn <= resume_lsn, else someone moved the slot (stop, 70)
+//!  6. acknowledge resume_lsn, ready; the loop skips client-side what the checkpoint covers
+//! ```
+//!
+//! A start that fails after creating the slot drops it again, so a first start that cannot go
+//! on (Kafka unreachable, a wrong password) leaves nothing behind that holds WAL.
+//! [`preflight`] is also what `validate --connect` runs: the checks that change nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::pipeline::Pipeline;
+use super::settings::{LiveSettings, OnError, RelaySettings};
+use super::tracker::Tracker;
+use crate::error::{Error, Result};
+use crate::shutdown::Shutdown;
+use crate::sink::{
+    self, checkpoint, Checkpoint, CheckpointKey, Committer, MetadataClient, Producer, Refusals,
+    SinkSettings, TopicChecker,
+};
+use crate::source::{Control, SlotInfo, SourceSettings, Stream};
+use crate::telemetry::Status;
+
+/// How a session ended.
+#[derive(Debug)]
+pub struct SessionEnd {
+    /// `Ok` after a drain (shutdown), else why it ended.
+    pub result: Result<()>,
+    /// The session got as far as streaming (the supervisor resets its backoff).
+    pub streamed: bool,
+    /// The refused-record memory, for the next session.
+    pub refusals: Refusals,
+}
+
+/// Runs one session: start-up, then the loop until shutdown or an error. `bound` limits each
+/// blocking Kafka call (the supervisor's remaining retry budget).
+pub async fn run(
+    settings: &RelaySettings,
+    shutdown: &Shutdown,
+    status: &Arc<Status>,
+    refusals: Refusals,
+    live: &mut watch::Receiver<LiveSettings>,
+    bound: Duration,
+) -> SessionEnd {
+    let sink = settings.sink.bounded(bound);
+    let started = match start(settings, &sink, status, bound).await {
+        Ok(s) => s,
+        Err(e) => {
+            return SessionEnd {
+                result: Err(e),
+                streamed: false,
+                refusals,
+            }
+        }
+    };
+    let Started {
+        control,
+        stream,
+        producer,
+        checkpoint,
+    } = started;
+    let meta = match tokio::task::block_in_place(|| MetadataClient::new(&sink)) {
+        Ok(m) => m,
+        Err(e) => {
+            stream.close().await;
+            return SessionEnd {
+                result: Err(e),
+                streamed: true,
+                refusals,
+            };
+        }
+    };
+    let committer = Committer::new(
+        producer,
+        TopicChecker::new(meta),
+        refusals,
+        sink.max_record_bytes(),
+    );
+    let tracker = Tracker::new(checkpoint.resume_lsn, checkpoint.partial);
+    let current = live.borrow_and_update().clone();
+    let mut pipe = Pipeline::new(
+        settings, control, stream, tracker, committer, current, live, status,
+    );
+    let result = pipe.run(shutdown).await;
+    let refusals = pipe.finish(result.is_err()).await;
+    SessionEnd {
+        result,
+        streamed: true,
+        refusals,
+    }
+}
+
+/// What start-up hands to the loop.
+struct Started {
+    control: Control,
+    stream: Stream,
+    producer: Producer,
+    checkpoint: Checkpoint,
+}
+
+/// Steps 0-6 of the module documentation.
+async fn start(
+    settings: &RelaySettings,
+    sink: &SinkSettings,
+    status: &Arc<Status>,
+    bound: Duration,
+) -> Result<Started> {
+    let src = &settings.source;
+    // (0) Checks that need no slot first, so a misconfiguration is reported before standing by.
+    let control = Control::connect(src).await?;
+    control.check_server().await?;
+    let system_id = control.system_identifier().await?;
+    let key = CheckpointKey::new(&system_id, &src.dbname, &src.slot);
+    let kafka_wait = bound.min(Duration::from_secs(30));
+    {
+        let sink = sink.clone();
+        tokio::task::block_in_place(|| sink::topics::ensure_checkpoint_topic(&sink, kafka_wait))?;
+    }
+
+    // (1) A missing slot: lost if a checkpoint says events were published from it.
+    let created = match control.slot().await? {
+        Some(info) => {
+            control.check_slot(&info)?;
+            false
+        }
+        None => {
+            if let Some(cp) = read_checkpoint(sink, &key, kafka_wait)? {
+                return Err(lost_slot(src, sink, &key, &cp));
+            }
+            if !src.create_slot {
+                return Err(Error::config(format!(
+                    "postgres {}: replication slot {:?} does not exist and postgres.create_slot = false (create it: SELECT pg_create_logical_replication_slot('{}', 'pgoutput'))",
+                    src.address(),
+                    src.slot,
+                    src.slot
+                )));
+            }
+            control.create_slot().await?
+        }
+    };
+    match acquire(settings, sink, &control, &key, status, kafka_wait).await {
+        Ok((stream, producer, checkpoint)) => Ok(Started {
+            control,
+            stream,
+            producer,
+            checkpoint,
+        }),
+        Err(e) => {
+            if created {
+                control.drop_slot().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Steps 2-6.
+async fn acquire(
+    settings: &RelaySettings,
+    sink: &SinkSettings,
+    control: &Control,
+    key: &CheckpointKey,
+    status: &Arc<Status>,
+    kafka_wait: Duration,
+) -> Result<(Stream, Producer, Checkpoint)> {
+    let src = &settings.source;
+    // (2) Acquire the slot.
+    let mut stream = Stream::open(src).await?;
+    status.tick();
+    let result = async {
+        // (3) Fence zombies, (4) read the checkpoint.
+        let producer = {
+            let sink = sink.clone();
+            let key = key.clone();
+            tokio::task::block_in_place(|| Producer::connect(sink, key, kafka_wait))?
+        };
+        let checkpoint = read_checkpoint(sink, key, kafka_wait)?;
+        // (5) The slot never moves past what Kafka holds, unless someone else moved it.
+        let slot = control.slot().await?.ok_or_else(|| {
+            Error::invariant(format!(
+                "postgres {}: slot {:?} disappeared while the relay held it",
+                src.address(),
+                src.slot
+            ))
+        })?;
+        let checkpoint = resume_point(src, sink, key, &slot, checkpoint)?;
+        Ok::<_, Error>((producer, checkpoint))
+    }
+    .await;
+    let (producer, checkpoint) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            stream.close().await;
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        slot = %src.slot,
+        transactional_id = %sink.transactional_id,
+        resume_lsn = %checkpoint.resume_lsn,
+        partial = ?checkpoint.partial,
+        checkpoint_key = %key,
+        "outbox-relay started: slot acquired, producer initialised, checkpoint read"
+    );
+    // (6) Acknowledge what Kafka holds; the loop starts from here.
+    stream.ack(checkpoint.resume_lsn);
+    Ok((stream, producer, checkpoint))
+}
+
+fn read_checkpoint(
+    sink: &SinkSettings,
+    key: &CheckpointKey,
+    within: Duration,
+) -> Result<Option<Checkpoint>> {
+    tokio::task::block_in_place(|| {
+        checkpoint::read(&sink.client, &sink.checkpoint_topic, key, within)
+    })
+}
+
+/// Step 5: where to resume, checking that the slot never passed the checkpoint.
+fn resume_point(
+    src: &SourceSettings,
+    sink: &SinkSettings,
+    key: &CheckpointKey,
+    slot: &SlotInfo,
+    checkpoint: Option<Checkpoint>,
+) -> Result<Checkpoint> {
+    let confirmed = slot.confirmed_flush_lsn.unwrap_or_default();
+    match checkpoint {
+        Some(cp) => {
+            if confirmed > cp.resume_lsn {
+                return Err(Error::invariant(format!(
+                    "slot {:?} has confirmed_flush_lsn {confirmed} but the checkpoint in {:?} (key {key}) says only up to {} is published: something advanced the slot behind the relay's back, and events in between may be lost. Investigate, then either reset the checkpoint (see README) or recreate the slot",
+                    src.slot, sink.checkpoint_topic, cp.resume_lsn,
+                )));
+            }
+            Ok(cp)
+        }
+        None => {
+            tracing::info!(
+                slot = %src.slot,
+                confirmed_flush_lsn = %confirmed,
+                "no checkpoint yet for this slot: publishing from the slot's position"
+            );
+            Ok(Checkpoint {
+                resume_lsn: confirmed,
+                partial: None,
+            })
+        }
+    }
+}
+
+/// The slot is missing but a checkpoint says events were published from it: a new slot would
+/// start at the server's current position and silently skip everything in between.
+fn lost_slot(
+    src: &SourceSettings,
+    sink: &SinkSettings,
+    key: &CheckpointKey,
+    cp: &Checkpoint,
+) -> Error {
+    Error::invariant(format!(
+        "postgres {}: replication slot {:?} does not exist, but the checkpoint in {:?} (key {key}) says events up to {} were published from it: the slot was lost (dropped, invalidated and removed, or a failover to a server that does not have it). A new slot would start at the server's current position and skip every event in between, so the relay does not create one. Recover: see the README runbook \"Lost slot\" (recreate the slot, publish what is missing with `outbox-relay backfill --missing`, then reset the checkpoint), or start fresh from here on purpose with `outbox-relay reset-checkpoint`",
+        src.address(),
+        src.slot,
+        sink.checkpoint_topic,
+        cp.resume_lsn
+    ))
+}
+
+/// `validate --connect`: every check the relay makes at start-up that changes nothing, and the
+/// slot's state. Creates nothing (a missing slot is reported, not created).
+pub async fn preflight(settings: &RelaySettings) -> Result<Vec<String>> {
+    let src = &settings.source;
+    let mut report = Vec::new();
+    let control = Control::connect(src).await?;
+    control.check_server().await?;
+    report.push(format!(
+        "postgres {}: wal_level logical, publication {:?} covers {}.{}, columns present",
+        src.address(),
+        src.publication,
+        src.table_schema,
+        src.table_name
+    ));
+    match control.slot().await? {
+        Some(slot) => {
+            control.check_slot(&slot)?;
+            report.push(format!(
+                "postgres: slot {:?} exists (confirmed_flush_lsn {}, wal_status {}, active {})",
+                src.slot,
+                slot.confirmed_flush_lsn
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                slot.wal_status.as_deref().unwrap_or("-"),
+                slot.active
+            ))
+        }
+        None if src.create_slot => report.push(format!(
+            "postgres: slot {:?} does not exist yet; the relay will create it",
+            src.slot
+        )),
+        None => return Err(Error::config(format!(
+            "postgres {}: replication slot {:?} does not exist and postgres.create_slot = false",
+            src.address(),
+            src.slot
+        ))),
+    }
+    let sink = &settings.sink;
+    let within = sink.call_timeout.min(Duration::from_secs(10));
+    let meta = tokio::task::block_in_place(|| MetadataClient::new(sink))?;
+    let exists = tokio::task::block_in_place(|| meta.exists(&sink.checkpoint_topic, within))?;
+    if exists {
+        report.push(format!(
+            "kafka: checkpoint topic {:?} exists",
+            sink.checkpoint_topic
+        ));
+    } else if sink.create_checkpoint_topic {
+        report.push(format!(
+            "kafka: checkpoint topic {:?} does not exist yet; the relay will create it",
+            sink.checkpoint_topic
+        ));
+    } else {
+        return Err(Error::config(format!(
+            "kafka: checkpoint topic {:?} does not exist and kafka.create_checkpoint_topic = false",
+            sink.checkpoint_topic
+        )));
+    }
+    if let OnError::DeadLetter(topic) = &settings.on_error {
+        let exists = tokio::task::block_in_place(|| meta.exists(topic, within))?;
+        if !exists {
+            report.push(format!(
+                "kafka: warning: dead-letter topic {topic:?} does not exist (errors.dead_letter_topic): create it, unless the brokers create topics automatically"
+            ));
+        }
+    }
+    Ok(report)
+}

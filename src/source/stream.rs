@@ -1,0 +1,216 @@
+//! The replication connection: `START_REPLICATION` on the slot, pgoutput events in stream order,
+//! and acknowledgements (standby status updates) of what Kafka committed.
+//!
+//! Kept behind [`Stream`] so the transport (pgwire-replication today) can be replaced. The
+//! stream starts at `0/0`: the server then starts at the slot's `confirmed_flush_lsn`, which is
+//! never past our checkpoint because nothing is acknowledged before its Kafka commit.
+
+use std::time::Duration;
+
+use pgwire_replication::{Lsn as WireLsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+
+use super::errors::map_pg_error;
+use super::{SourceEvent, SourceSettings};
+use crate::error::{Error, Result};
+use crate::lsn::Lsn;
+
+/// An open replication stream that holds the slot.
+pub struct Stream {
+    client: ReplicationClient,
+    /// The last position handed to [`Stream::ack`].
+    acked: Lsn,
+    /// How often the worker sends standby status updates.
+    status_interval: Duration,
+    /// Postgres system identifier (from IDENTIFY_SYSTEM).
+    pub system_id: String,
+    /// Server WAL position when the stream opened.
+    pub server_lsn: Lsn,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream")
+            .field("system_id", &self.system_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_config(s: &SourceSettings) -> Result<pgwire_replication::TlsConfig> {
+    use pgwire_replication::TlsConfig;
+    Ok(match s.sslmode.as_str() {
+        "disable" => TlsConfig::disabled(),
+        "prefer" => TlsConfig {
+            mode: pgwire_replication::SslMode::Prefer,
+            ..TlsConfig::disabled()
+        },
+        "require" => TlsConfig::require(),
+        "verify-ca" => TlsConfig::verify_ca(s.sslrootcert.clone()),
+        "verify-full" => TlsConfig::verify_full(s.sslrootcert.clone()),
+        other => {
+            return Err(Error::config(format!(
+                "postgres.sslmode: unknown mode {other:?} (disable, prefer, require, verify-ca, verify-full)"
+            )))
+        }
+    })
+}
+
+impl Stream {
+    /// Connects, identifies the system and starts replication on the slot. Fails with
+    /// [`Kind::Standby`] when another session holds the slot.
+    pub async fn open(s: &SourceSettings) -> Result<Self> {
+        let cfg = ReplicationConfig::new(
+            s.host.clone(),
+            s.user.clone(),
+            s.password.expose().to_string(),
+            s.dbname.clone(),
+            s.slot.clone(),
+            s.publication.clone(),
+        )
+        .with_port(s.port)
+        .with_tls(tls_config(s)?)
+        .with_start_lsn(WireLsn::ZERO)
+        .with_status_interval(s.status_interval)
+        .with_wakeup_interval(Duration::from_secs(5))
+        .with_buffer_size(2048)
+        .with_application_name("outbox-relay")
+        // Fixed text forms for timestamps (created_at), whatever the server's defaults.
+        .with_options("-c DateStyle=ISO -c TimeZone=UTC");
+        let opening = async {
+            let mut client = ReplicationClient::connect_gated(cfg)
+                .await
+                .map_err(|e| map_pg_error(s, "connecting for replication", e))?;
+            let ident = client
+                .identify_system()
+                .await
+                .map_err(|e| map_pg_error(s, "IDENTIFY_SYSTEM", e))?;
+            client
+                .start()
+                .await
+                .map_err(|e| map_pg_error(s, "START_REPLICATION", e))?;
+            client
+                .wait_started()
+                .await
+                .map_err(|e| map_pg_error(s, "START_REPLICATION", e))?;
+            Ok::<_, Error>(Stream {
+                client,
+                acked: Lsn::ZERO,
+                status_interval: s.status_interval,
+                system_id: ident.system_id,
+                server_lsn: Lsn(ident.xlogpos.as_u64()),
+            })
+        };
+        match tokio::time::timeout(s.connect_timeout + Duration::from_secs(5), opening).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::transient(format!(
+                "postgres {}: replication connection not established within {:?}",
+                s.address(),
+                s.connect_timeout
+            ))),
+        }
+    }
+
+    /// The next event. A closed stream is a transient error: the session must reconnect.
+    pub async fn recv(&mut self, s: &SourceSettings) -> Result<SourceEvent> {
+        loop {
+            let ev = match self.client.recv().await {
+                Ok(Some(ev)) => ev,
+                Ok(None) => {
+                    return Err(Error::transient(format!(
+                        "postgres {}: replication stream ended",
+                        s.address()
+                    )))
+                }
+                Err(e) => return Err(map_pg_error(s, "replication stream", e)),
+            };
+            return Ok(match ev {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                } => SourceEvent::Begin {
+                    final_lsn: Lsn(final_lsn.as_u64()),
+                    xid,
+                    commit_ts_micros: commit_time_micros,
+                },
+                ReplicationEvent::Commit {
+                    lsn,
+                    end_lsn,
+                    commit_time_micros,
+                } => SourceEvent::Commit {
+                    commit_lsn: Lsn(lsn.as_u64()),
+                    end_lsn: Lsn(end_lsn.as_u64()),
+                    commit_ts_micros: commit_time_micros,
+                },
+                ReplicationEvent::XLogData {
+                    wal_start, data, ..
+                } => SourceEvent::Change {
+                    lsn: Lsn(wal_start.as_u64()),
+                    data,
+                },
+                ReplicationEvent::Message {
+                    transactional,
+                    lsn,
+                    prefix,
+                    ..
+                } => SourceEvent::Message {
+                    transactional,
+                    lsn: Lsn(lsn.as_u64()),
+                    prefix,
+                },
+                ReplicationEvent::KeepAlive { wal_end, .. } => SourceEvent::KeepAlive {
+                    wal_end: Lsn(wal_end.as_u64()),
+                },
+                ReplicationEvent::StoppedAt { .. } => continue,
+                #[allow(unreachable_patterns)]
+                _ => continue,
+            });
+        }
+    }
+
+    /// Acknowledges `lsn` as durably published: the slot may release WAL before it. Call only
+    /// after the Kafka commit that covers it returned Ok.
+    pub fn ack(&mut self, lsn: Lsn) {
+        self.acked = self.acked.max(lsn);
+        self.client
+            .update_applied_lsn(WireLsn::from_u64(lsn.as_u64()));
+    }
+
+    /// Stops the stream once the last acknowledgement reached the server (the worker sends it
+    /// within one status interval; it does not flush on stop), so a clean stop leaves the slot
+    /// at the checkpoint instead of holding WAL until the next start.
+    pub async fn close(mut self) {
+        let metrics = self.client.metrics();
+        let wait = (self.status_interval + Duration::from_millis(500)).min(Duration::from_secs(3));
+        let deadline = tokio::time::Instant::now() + wait;
+        while Lsn(metrics.last_applied_lsn().as_u64()) < self.acked
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.shutdown()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::tests::settings;
+
+    #[test]
+    fn tls_modes_map_to_the_replication_client_and_unknown_ones_are_named() {
+        use pgwire_replication::SslMode;
+        for (mode, want) in [
+            ("disable", SslMode::Disable),
+            ("prefer", SslMode::Prefer),
+            ("require", SslMode::Require),
+            ("verify-ca", SslMode::VerifyCa),
+            ("verify-full", SslMode::VerifyFull),
+        ] {
+            let tls = tls_config(&settings(mode, Some("/ca.pem".into()))).expect(mode);
+            assert_eq!(tls.mode, want, "{mode}");
+        }
+        let err = tls_config(&settings("sometimes", None)).expect_err("unknown mode");
+        assert!(err.message().contains("postgres.sslmode") && err.message().contains("sometimes"));
+        assert_eq!(err.exit_code(), 78);
+    }
+}
