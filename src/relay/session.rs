@@ -310,11 +310,13 @@ pub async fn preflight(settings: &RelaySettings) -> Result<Vec<String>> {
             "postgres: slot {:?} does not exist yet; the relay will create it",
             src.slot
         )),
-        None => return Err(Error::config(format!(
+        None => {
+            return Err(Error::config(format!(
             "postgres {}: replication slot {:?} does not exist and postgres.create_slot = false",
             src.address(),
             src.slot
-        ))),
+        )))
+        }
     }
     let sink = &settings.sink;
     let within = sink.call_timeout.min(Duration::from_secs(10));

@@ -39,7 +39,10 @@ fn keys_in_code() -> Result<BTreeSet<String>> {
                 .trim();
             let ty = t.split(':').nth(1).unwrap_or("").trim();
             // Nested tables are sections of their own.
-            if ty.ends_with("Config,") || ty.starts_with("BTreeMap") || ty.starts_with("KafkaProperties") {
+            if ty.ends_with("Config,")
+                || ty.starts_with("BTreeMap")
+                || ty.starts_with("KafkaProperties")
+            {
                 continue;
             }
             keys.insert(format!("{}.{name}", section.as_deref().context("section")?));
