@@ -117,7 +117,9 @@ impl ClientContext for SinkContext {
             }
         }
         // A consumer reaching the end of a partition is not an error.
-        if matches!(error, KafkaError::PartitionEOF(_)) {
+        if matches!(error, KafkaError::PartitionEOF(_))
+            || code == Some(RDKafkaErrorCode::PartitionEOF)
+        {
             return;
         }
         if self.should_log(format!("{code:?}")) {
@@ -202,19 +204,23 @@ impl std::fmt::Debug for Producer {
 
 /// Properties the relay owns on its producer (refused in `kafka.properties`).
 fn producer_config(settings: &SinkSettings) -> rdkafka::ClientConfig {
-    let mut cc = rdkafka::ClientConfig::new();
-    // Defaults first, so passthrough properties may tune them.
-    cc.set("compression.type", "lz4")
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "100000")
-        .set("queue.buffering.max.kbytes", "16384")
-        // The first record of a transaction needs AddPartitionsToTxn, which the coordinator answers
-        // CONCURRENT_TRANSACTIONS until the previous commit's markers are written; librdkafka
-        // retries after retry.backoff.ms (default 100 ms), which then dominates every commit.
-        .set("retry.backoff.ms", "10");
-    for (k, v) in settings.client.client_config().config_map() {
-        cc.set(k, v);
+    // The client's properties (secrets exposed here, to librdkafka only), then the relay's
+    // defaults where the passthrough did not tune them, then what the relay owns.
+    let mut cc = settings.client.client_config();
+    for (k, v) in [
+        ("compression.type", "lz4"),
+        ("linger.ms", "5"),
+        ("batch.num.messages", "10000"),
+        ("queue.buffering.max.messages", "100000"),
+        ("queue.buffering.max.kbytes", "16384"),
+        // The first record of a transaction needs AddPartitionsToTxn, which the coordinator
+        // answers CONCURRENT_TRANSACTIONS until the previous commit's markers are written;
+        // librdkafka retries after retry.backoff.ms (default 100 ms), which then dominates.
+        ("retry.backoff.ms", "10"),
+    ] {
+        if cc.get(k).is_none() {
+            cc.set(k, v);
+        }
     }
     let timeout_ms = settings.transaction_timeout.as_millis().to_string();
     cc.set("transactional.id", &settings.transactional_id)
@@ -276,7 +282,9 @@ impl Producer {
                     settings.client.servers()
                 )));
             }
-            match producer.init_transactions(left.min(settings.call_timeout)) {
+            // Short slices (a timed-out init_transactions resumes where it was), so a SASL
+            // failure, reported only through the error callback, ends the wait at once.
+            match producer.init_transactions(left.min(Duration::from_secs(1))) {
                 Ok(()) => break,
                 Err(e) => {
                     if let Some(err) = auth_error(&e, &settings) {
@@ -507,6 +515,8 @@ mod tests {
         assert_eq!(cc.get("transactional.id"), Some("outbox-relay-slot"));
         assert_eq!(cc.get("transaction.timeout.ms"), Some("60000"));
         assert_eq!(cc.get("compression.type"), Some("lz4"));
+        // Secrets reach librdkafka (rust-rdkafka's config_map() would have masked them).
+        assert_eq!(cc.get("sasl.password"), Some("pw-never-printed"));
         // A passthrough property overrides the relay's default.
         assert_eq!(cc.get("linger.ms"), Some("20"));
     }
