@@ -9,6 +9,11 @@
 //!
 //! Read-only: it creates neither the slot nor topics, joins no consumer group (it assigns the
 //! partition and commits nothing), and never prints secrets (only names, addresses, positions).
+//!
+//! Its exit code is a health verdict scripts and monitors can use (Nagios' convention):
+//! 0 a relay holds a healthy slot; 1 (warning) no relay holds it, or it is held by another client,
+//! or its WAL is `unreserved` (past `max_slot_wal_keep_size`: about to be invalidated); 2
+//! (critical) the slot is missing or invalidated. 78 and 69 as for `run`: it could not ask.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -42,6 +47,82 @@ pub struct Report {
     pub slot_held: bool,
     /// Whether that session says it is an outbox-relay (its application_name), when visible.
     pub held_by_relay: Option<bool>,
+    /// `server_version_num`.
+    pub server_version: u32,
+    /// Failover readiness as far as the primary can see it (Postgres 17+).
+    pub failover: crate::source::Failover,
+    /// `ok`, `warning` or `critical`, and why.
+    pub health: Health,
+}
+
+/// The verdict behind the exit code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// `ok`, `warning` or `critical`.
+    pub state: &'static str,
+    /// Why, one line each (empty when ok).
+    pub reasons: Vec<String>,
+}
+
+impl Health {
+    /// The exit code: 0 ok, 1 warning, 2 critical.
+    pub fn exit_code(&self) -> u8 {
+        match self.state {
+            "ok" => 0,
+            "warning" => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// Judges a report.
+fn health(r: &Report) -> Health {
+    let s = &r.slot;
+    let mut critical = Vec::new();
+    let mut warning = Vec::new();
+    if !s.exists {
+        if r.checkpoint.found {
+            critical.push(format!(
+                "slot {} is missing but a checkpoint exists: the slot was lost (README runbook \"Lost slot\")",
+                s.name
+            ));
+        } else {
+            critical.push(format!(
+                "slot {} does not exist (a relay creates it at its first start)",
+                s.name
+            ));
+        }
+    } else if s.invalidated {
+        critical.push(format!(
+            "slot {} is invalidated (wal_status lost): events may be lost (README runbook \"Recovering from an invalidated slot\")",
+            s.name
+        ));
+    } else {
+        if s.wal_status.as_deref() == Some("unreserved") {
+            warning.push(format!(
+                "slot {} is unreserved: its WAL is past max_slot_wal_keep_size and will be removed at the next checkpoint unless a relay catches up",
+                s.name
+            ));
+        }
+        match (r.slot_held, r.held_by_relay) {
+            (false, _) => warning.push(format!("no relay holds slot {}", s.name)),
+            (true, Some(false)) => warning.push(format!(
+                "slot {} is held by another client ({}), not an outbox-relay",
+                s.name,
+                s.holder_application.as_deref().unwrap_or("?")
+            )),
+            _ => {}
+        }
+    }
+    let (state, reasons) = if !critical.is_empty() {
+        critical.extend(warning);
+        ("critical", critical)
+    } else if !warning.is_empty() {
+        ("warning", warning)
+    } else {
+        ("ok", Vec::new())
+    };
+    Health { state, reasons }
 }
 
 /// The slot as `pg_replication_slots` shows it.
@@ -69,6 +150,18 @@ pub struct SlotReport {
     pub wal_status: Option<String>,
     /// `wal_status = lost`: WAL it needed is gone (see the README's recovery steps).
     pub invalidated: bool,
+    /// Bytes of WAL that may still be written before the slot is in danger (null: unbounded).
+    pub safe_wal_size: Option<i64>,
+    /// 16+: invalidated by a recovery conflict.
+    pub conflicting: Option<bool>,
+    /// 17+: a failover slot.
+    pub failover: Option<bool>,
+    /// 17+: synchronized from a primary.
+    pub synced: Option<bool>,
+    /// 17+: why it was invalidated.
+    pub invalidation_reason: Option<String>,
+    /// 17+: when it last stopped being used.
+    pub inactive_since: Option<String>,
 }
 
 /// The newest committed checkpoint.
@@ -86,6 +179,8 @@ pub struct CheckpointReport {
     pub partial: Option<PartialReport>,
     /// Why there is none, when not simply "nothing published yet".
     pub note: Option<String>,
+    /// The server timeline it was written on (newer relays record it).
+    pub timeline: Option<u32>,
 }
 
 /// A split transaction's progress.
@@ -116,7 +211,7 @@ pub async fn run(cfg: &Config, json: bool) -> ExitCode {
             } else {
                 print!("{}", text(&report));
             }
-            ExitCode::SUCCESS
+            ExitCode::from(report.health.exit_code())
         }
         Err(e) => {
             eprintln!("error: {}", e.report());
@@ -158,7 +253,14 @@ pub async fn collect(src: &SourceSettings, sink: &SinkSettings) -> Result<Report
         invalidated: slot
             .as_ref()
             .is_some_and(|s| s.wal_status.as_deref() == Some("lost")),
+        safe_wal_size: slot.as_ref().and_then(|s| s.safe_wal_size),
+        conflicting: slot.as_ref().and_then(|s| s.conflicting),
+        failover: slot.as_ref().and_then(|s| s.failover),
+        synced: slot.as_ref().and_then(|s| s.synced),
+        invalidation_reason: slot.as_ref().and_then(|s| s.invalidation_reason.clone()),
+        inactive_since: slot.as_ref().and_then(|s| s.inactive_since.clone()),
     };
+    let failover = control.failover(slot.as_ref()).await?;
 
     let key = CheckpointKey::new(&system_id, &src.dbname, &src.slot);
     let sink = sink.clone();
@@ -193,9 +295,10 @@ pub async fn collect(src: &SourceSettings, sink: &SinkSettings) -> Result<Report
             next_index: p.next_index,
         }),
         note,
+        timeline: cp.as_ref().and_then(|c| c.timeline),
     };
     let slot_held = slot_report.active;
-    Ok(Report {
+    let mut report = Report {
         postgres: src.address(),
         database: src.dbname.clone(),
         system_identifier: system_id,
@@ -209,7 +312,15 @@ pub async fn collect(src: &SourceSettings, sink: &SinkSettings) -> Result<Report
         } else {
             Some(false)
         },
-    })
+        server_version: control.version(),
+        failover,
+        health: Health {
+            state: "ok",
+            reasons: Vec::new(),
+        },
+    };
+    report.health = health(&report);
+    Ok(report)
 }
 
 fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
@@ -249,6 +360,31 @@ pub fn text(r: &Report) -> String {
             opt(&s.confirmed_flush_lsn)
         );
         let _ = writeln!(o, "  restart_lsn:           {}", opt(&s.restart_lsn));
+        let _ = writeln!(
+            o,
+            "  safe_wal_size:         {}",
+            s.safe_wal_size.map_or_else(
+                || "unbounded (max_slot_wal_keep_size = -1)".to_string(),
+                |b| format!("{b} bytes")
+            )
+        );
+        if let Some(failover) = s.failover {
+            let _ = writeln!(
+                o,
+                "  failover:              {failover}{}",
+                if s.synced == Some(true) {
+                    " (synced)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if let Some(reason) = &s.invalidation_reason {
+            let _ = writeln!(o, "  invalidation_reason:   {reason}");
+        }
+        if s.conflicting == Some(true) {
+            let _ = writeln!(o, "  conflicting:           true");
+        }
         let _ = writeln!(
             o,
             "  retained WAL:          {}",
@@ -309,6 +445,37 @@ pub fn text(r: &Report) -> String {
         (true, None) => "held (the holder's application is not visible to this role)".to_string(),
     };
     let _ = writeln!(o, "relay holding the slot:  {held}");
+    let f = &r.failover;
+    if f.supported {
+        if f.ready() {
+            let _ = writeln!(
+                o,
+                "failover:                ready (failover slot, synchronized_standby_slots {} streaming)",
+                f.standbys_streaming.join(", ")
+            );
+        } else {
+            let _ = writeln!(o, "failover:                NOT READY");
+            for m in &f.missing {
+                let _ = writeln!(o, "  - {m}");
+            }
+        }
+    } else {
+        let _ = writeln!(
+            o,
+            "failover:                not supported before Postgres 17 (server {})",
+            r.server_version
+        );
+    }
+    let _ = writeln!(
+        o,
+        "health:                  {}{}",
+        r.health.state,
+        if r.health.reasons.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", r.health.reasons.join("; "))
+        }
+    );
     o
 }
 
@@ -334,6 +501,12 @@ mod tests {
                 retained_wal_bytes: Some(33_554_432),
                 wal_status: Some("reserved".into()),
                 invalidated: false,
+                safe_wal_size: Some(1 << 30),
+                conflicting: Some(false),
+                failover: Some(true),
+                synced: Some(false),
+                invalidation_reason: None,
+                inactive_since: None,
             },
             checkpoint: CheckpointReport {
                 topic: "ckpt".into(),
@@ -346,11 +519,37 @@ mod tests {
                     next_index: 10_000,
                 }),
                 note: None,
+                timeline: Some(1),
             },
             lag_bytes: Some(16_777_216),
             slot_held: true,
             held_by_relay: Some(true),
+            server_version: 170_010,
+            failover: crate::source::slot::judge(170_010, "outbox_relay", Some(true), &[]),
+            health: Health {
+                state: "ok",
+                reasons: vec![],
+            },
         }
+    }
+
+    #[test]
+    fn health_follows_the_slot_state() {
+        let mut r = report();
+        assert_eq!(health(&r).exit_code(), 0);
+        r.slot.wal_status = Some("unreserved".into());
+        assert_eq!(health(&r).exit_code(), 1);
+        r.slot.wal_status = Some("reserved".into());
+        r.slot_held = false;
+        let h = health(&r);
+        assert_eq!((h.state, h.exit_code()), ("warning", 1));
+        assert!(h.reasons[0].contains("no relay holds"), "{h:?}");
+        r.slot.invalidated = true;
+        assert_eq!(health(&r).exit_code(), 2);
+        r.slot.exists = false;
+        let h = health(&r);
+        assert_eq!(h.exit_code(), 2);
+        assert!(h.reasons[0].contains("lost"), "{h:?}");
     }
 
     #[test]

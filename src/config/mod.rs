@@ -126,7 +126,9 @@ pub struct Loaded {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PostgresConfig {
-    /// Host name or IP address of the Postgres server (the primary: logical slots live there).
+    /// Host name or IP address of the Postgres server, or a comma-separated list of them (libpq's
+    /// convention, e.g. the nodes of a Patroni cluster): the relay uses the one that accepts
+    /// writes (the primary: logical slots live there), for both of its connections.
     pub host: String,
     /// TCP port of the Postgres server.
     pub port: u16,
@@ -148,8 +150,13 @@ pub struct PostgresConfig {
     pub slot: String,
     /// Publication the slot streams (must include the outbox table, inserts only).
     pub publication: String,
-    /// Create the slot when it is missing; when false, a missing slot stops the relay.
+    /// Create the slot when it is missing and no checkpoint exists for it; when false, a missing slot
+    /// stops the relay. A missing slot with a checkpoint is a lost slot and always stops the relay.
     pub create_slot: bool,
+    /// Make the slot a failover slot (Postgres 17+: synchronized to physical standbys with
+    /// `sync_replication_slots = on`, usable after a promotion): created so, or turned on at start for
+    /// an existing slot. Ignored before 17. See the README, "High availability".
+    pub failover_slot: bool,
     /// Timeout for establishing a connection, in milliseconds.
     pub connect_timeout_ms: u64,
     /// Interval between standby status updates (feedback) to the server, in milliseconds; keep it well
@@ -171,6 +178,7 @@ impl Default for PostgresConfig {
             slot: "outbox_relay".into(),
             publication: "outbox_pub".into(),
             create_slot: true,
+            failover_slot: true,
             connect_timeout_ms: 10_000,
             status_interval_ms: 1_000,
         }

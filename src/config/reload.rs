@@ -77,6 +77,7 @@ reload_table! {
         host => RESTART, port => RESTART, dbname => RESTART, user => RESTART,
         password => RESTART, password_file => RESTART, sslmode => RESTART,
         sslrootcert => RESTART, slot => RESTART, publication => RESTART, create_slot => RESTART,
+        failover_slot => RESTART,
         connect_timeout_ms => RESTART, status_interval_ms => RESTART,
     }
     "outbox" => outbox: OutboxConfig { table => RESTART, columns => NESTED }

@@ -152,6 +152,12 @@ pub(super) fn validate(c: &Config) -> Check {
 
 fn postgres(p: &PostgresConfig) -> Check {
     not_empty("postgres.host", &p.host)?;
+    if p.host.split(',').any(|h| h.trim().is_empty()) {
+        return err(
+            "postgres.host",
+            "must be a host, or a comma-separated list of hosts, without empty entries",
+        );
+    }
     at_least("postgres.port", p.port.into(), 1)?;
     not_empty("postgres.dbname", &p.dbname)?;
     not_empty("postgres.user", &p.user)?;

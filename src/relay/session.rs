@@ -7,7 +7,8 @@
 //!  2. acquire the slot: START_REPLICATION (a standby waits here, disturbing nobody)
 //!  3. init_transactions: fences any zombie with our transactional.id
 //!  4. read the checkpoint to the end, read_committed: nobody else can write it now
-//!  5. check confirmed_flush_lsn <= resume_lsn, else someone moved the slot (stop, 70)
+//!  5. check confirmed_flush_lsn <= resume_lsn, else someone moved the slot (stop, 70); on a
+//!     newer timeline than the checkpoint's, check resume_lsn <= the fork point (else stop, 70)
 //!  6. acknowledge resume_lsn, ready; the loop skips client-side what the checkpoint covers
 //! ```
 //!
@@ -29,6 +30,7 @@ use crate::sink::{
     self, checkpoint, Checkpoint, CheckpointKey, Committer, MetadataClient, Producer, Refusals,
     SinkSettings, TopicChecker,
 };
+use crate::source::stream::OpenOptions;
 use crate::source::{Control, SlotInfo, SourceSettings, Stream};
 use crate::telemetry::Status;
 
@@ -87,7 +89,8 @@ pub async fn run(
         refusals,
         sink.max_record_bytes(),
     );
-    let tracker = Tracker::new(checkpoint.resume_lsn, checkpoint.partial);
+    let tracker =
+        Tracker::new(checkpoint.resume_lsn, checkpoint.partial).on_timeline(stream.timeline);
     let current = live.borrow_and_update().clone();
     let mut pipe = Pipeline::new(
         settings, control, stream, tracker, committer, current, live, status,
@@ -129,9 +132,11 @@ async fn start(
     }
 
     // (1) A missing slot: lost if a checkpoint says events were published from it.
+    let mut enable_failover = false;
     let created = match control.slot().await? {
         Some(info) => {
             control.check_slot(&info)?;
+            enable_failover = src.failover_slot && info.failover == Some(false);
             false
         }
         None => {
@@ -149,7 +154,8 @@ async fn start(
             control.create_slot().await?
         }
     };
-    match acquire(settings, sink, &control, &key, status, kafka_wait).await {
+    let opts = OpenOptions { enable_failover };
+    match acquire(sink, &control, &key, status, kafka_wait, opts).await {
         Ok((stream, producer, checkpoint)) => Ok(Started {
             control,
             stream,
@@ -167,16 +173,17 @@ async fn start(
 
 /// Steps 2-6.
 async fn acquire(
-    settings: &RelaySettings,
     sink: &SinkSettings,
     control: &Control,
     key: &CheckpointKey,
     status: &Arc<Status>,
     kafka_wait: Duration,
+    opts: OpenOptions,
 ) -> Result<(Stream, Producer, Checkpoint)> {
-    let src = &settings.source;
+    // The primary the SQL connection found (a host list names several servers).
+    let src = control.settings();
     // (2) Acquire the slot.
-    let mut stream = Stream::open(src).await?;
+    let mut stream = Stream::open(src, opts).await?;
     status.tick();
     let result = async {
         // (3) Fence zombies, (4) read the checkpoint.
@@ -195,6 +202,7 @@ async fn acquire(
             ))
         })?;
         let checkpoint = resume_point(src, sink, key, &slot, checkpoint)?;
+        check_timeline(src, sink, key, &stream, &checkpoint)?;
         Ok::<_, Error>((producer, checkpoint))
     }
     .await;
@@ -211,6 +219,8 @@ async fn acquire(
         transactional_id = %sink.transactional_id,
         resume_lsn = %checkpoint.resume_lsn,
         partial = ?checkpoint.partial,
+        timeline = stream.timeline,
+        postgres = %src.address(),
         checkpoint_key = %key,
         "outbox-relay started: slot acquired, producer initialised, checkpoint read"
     );
@@ -257,9 +267,67 @@ fn resume_point(
             Ok(Checkpoint {
                 resume_lsn: confirmed,
                 partial: None,
+                timeline: None,
             })
         }
     }
+}
+
+/// Step 5, after a failover: the checkpoint was written on an older timeline. Everything up to
+/// the fork point is shared history; past it, the old timeline's transactions (published, in
+/// Kafka) may be missing on this server, and new ones reuse those LSNs, so the client-side skip
+/// would drop them silently. Stop instead, naming the fork.
+fn check_timeline(
+    src: &SourceSettings,
+    sink: &SinkSettings,
+    key: &CheckpointKey,
+    stream: &Stream,
+    cp: &Checkpoint,
+) -> Result<()> {
+    let Some(was) = cp.timeline else {
+        return Ok(());
+    };
+    let now = stream.timeline;
+    if was == now {
+        return Ok(());
+    }
+    if was > now {
+        return Err(Error::invariant(format!(
+            "postgres {}: the server is on timeline {now} but the checkpoint in {:?} (key {key}) was written on timeline {was}: this server's history is older than what the relay published (a restore from backup?). See the README runbook \"Timeline diverged\"",
+            src.address(),
+            sink.checkpoint_topic
+        )));
+    }
+    let fork = stream
+        .history
+        .iter()
+        .find(|(tli, _)| *tli == was)
+        .map(|(_, at)| *at);
+    let Some(fork) = fork else {
+        return Err(Error::invariant(format!(
+            "postgres {}: the server is on timeline {now}, whose history does not include the checkpoint's timeline {was} (key {key}): not a failover of the server the relay published from. See the README runbook \"Timeline diverged\"",
+            src.address()
+        )));
+    };
+    let partial_past_fork = cp.partial.is_some_and(|p| p.final_lsn >= fork);
+    if cp.resume_lsn > fork || partial_past_fork {
+        return Err(Error::invariant(format!(
+            "postgres {}: timeline diverged: the checkpoint (key {key}) says events up to {} were published on timeline {was}{}, but timeline {was} forked into timeline {now} at {fork}: events published past {fork} may be missing on this server (phantoms), and new transactions reuse those positions, so the relay stops instead of skipping them. Events in Kafka whose pg_lsn header is above {fork} came from the lost part of timeline {was}. Recover: see the README runbook \"Timeline diverged\" (outbox-relay reset-checkpoint --to-lsn {fork})",
+            src.address(),
+            cp.resume_lsn,
+            cp.partial
+                .map(|p| format!(" (and part of the transaction committed at {})", p.final_lsn))
+                .unwrap_or_default(),
+        )));
+    }
+    tracing::info!(
+        checkpoint_timeline = was,
+        timeline = now,
+        fork = %fork,
+        resume_lsn = %cp.resume_lsn,
+        "resuming on a newer timeline after a failover: the checkpoint is before the fork point, nothing published is missing"
+    );
+    Ok(())
 }
 
 /// The slot is missing but a checkpoint says events were published from it: a new slot would
@@ -279,12 +347,58 @@ fn lost_slot(
     ))
 }
 
+/// How long `max_slot_wal_keep_size` lasts at the server's current WAL rate (sampled over a
+/// second), with a warning when retention is unbounded (a stopped relay fills the disk) or lasts
+/// less than an hour (a relay down for longer loses events).
+async fn wal_retention(control: &Control) -> Result<Vec<String>> {
+    let keep = control.show("max_slot_wal_keep_size").await?;
+    if keep.trim() == "-1" {
+        return Ok(vec![
+            "postgres: warning: max_slot_wal_keep_size = -1 (unbounded): while the relay is down its slot keeps WAL until the disk is full; set a bound the disk can hold (README, \"Operations\")".to_string(),
+        ]);
+    }
+    let bytes = parse_size(&keep);
+    let a = control.current_wal_lsn().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b = control.current_wal_lsn().await?;
+    let rate = b.bytes_since(a);
+    Ok(vec![match (bytes, rate) {
+        (Some(bytes), rate) if rate > 0 && bytes / rate < 3600 => format!(
+            "postgres: warning: max_slot_wal_keep_size = {keep} lasts about {} s at the current WAL rate ({rate} bytes/s): a relay down for longer loses its slot (events); raise it",
+            bytes / rate
+        ),
+        (Some(bytes), rate) if rate > 0 => format!(
+            "postgres: max_slot_wal_keep_size = {keep}: about {:.1} h of WAL at the current rate ({rate} bytes/s)",
+            bytes as f64 / rate as f64 / 3600.0
+        ),
+        _ => format!("postgres: max_slot_wal_keep_size = {keep}"),
+    }])
+}
+
+/// Postgres' size text (`1024MB`, `10GB`, `512kB`, plain number = MB) in bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "MB" => 1 << 20,
+        "B" => 1,
+        "kB" => 1 << 10,
+        "GB" => 1 << 30,
+        "TB" => 1 << 40,
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
 /// `validate --connect`: every check the relay makes at start-up that changes nothing, and the
 /// slot's state. Creates nothing (a missing slot is reported, not created).
 pub async fn preflight(settings: &RelaySettings) -> Result<Vec<String>> {
     let src = &settings.source;
     let mut report = Vec::new();
     let control = Control::connect(src).await?;
+    let src = control.settings();
     control.check_server().await?;
     report.push(format!(
         "postgres {}: wal_level logical, publication {:?} covers {}.{}, columns present",
@@ -293,7 +407,33 @@ pub async fn preflight(settings: &RelaySettings) -> Result<Vec<String>> {
         src.table_schema,
         src.table_name
     ));
-    match control.slot().await? {
+    let version = control.version();
+    report.push(format!(
+        "postgres: server version {}.{}{}",
+        version / 10_000,
+        version % 10_000,
+        if (140_000..190_000).contains(&version) {
+            String::new()
+        } else {
+            " (warning: supported versions are 14 to 18)".to_string()
+        }
+    ));
+    report.extend(wal_retention(&control).await?);
+    let slot_info = control.slot().await?;
+    let failover = control.failover(slot_info.as_ref()).await?;
+    if failover.supported {
+        if failover.ready() {
+            report.push(format!(
+                "postgres: failover ready (failover slot; synchronized_standby_slots {} streaming)",
+                failover.standbys_streaming.join(", ")
+            ));
+        } else {
+            for m in &failover.missing {
+                report.push(format!("postgres: warning: failover not ready: {m}"));
+            }
+        }
+    }
+    match slot_info {
         Some(slot) => {
             control.check_slot(&slot)?;
             report.push(format!(
@@ -347,4 +487,18 @@ pub async fn preflight(settings: &RelaySettings) -> Result<Vec<String>> {
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_sizes_parse() {
+        assert_eq!(parse_size("1024MB"), Some(1 << 30));
+        assert_eq!(parse_size("10GB"), Some(10 << 30));
+        assert_eq!(parse_size("512kB"), Some(512 << 10));
+        assert_eq!(parse_size("64"), Some(64 << 20));
+        assert_eq!(parse_size("-1"), None);
+    }
 }

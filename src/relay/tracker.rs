@@ -111,6 +111,8 @@ struct Current {
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct Tracker {
+    /// The server timeline the stream is on, written into every checkpoint.
+    timeline: Option<u32>,
     resume: Lsn,
     pending: Lsn,
     partial_at_start: Option<Partial>,
@@ -121,11 +123,18 @@ impl Tracker {
     /// A tracker resuming from a checkpoint (`resume_lsn` and its partial transaction).
     pub fn new(resume: Lsn, partial: Option<Partial>) -> Self {
         Self {
+            timeline: None,
             resume,
             pending: resume,
             partial_at_start: partial,
             cur: None,
         }
+    }
+
+    /// The stream is on this server timeline: every checkpoint records it.
+    pub fn on_timeline(mut self, timeline: u32) -> Self {
+        self.timeline = Some(timeline);
+        self
     }
 
     /// Committed in Kafka and acknowledged: the end LSN of the last fully published transaction.
@@ -279,6 +288,7 @@ impl Tracker {
             // A partial transaction the stream has not resumed yet stays in every checkpoint
             // until it comes back: an idle checkpoint must not forget it.
             partial: partial.or(self.partial_at_start),
+            timeline: self.timeline,
         }
     }
 

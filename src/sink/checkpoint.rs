@@ -53,6 +53,9 @@ pub struct Checkpoint {
     pub resume_lsn: Lsn,
     /// A Postgres transaction published in part (split), if any.
     pub partial: Option<Partial>,
+    /// The server timeline the stream was on (`None` in checkpoints of older relays): after a
+    /// failover, positions of another timeline are compared only up to its fork point.
+    pub timeline: Option<u32>,
 }
 
 /// A Postgres transaction of which only the first `next_index` changes are published.
@@ -66,20 +69,21 @@ pub struct Partial {
     pub next_index: u64,
 }
 
-/// The JSON form on the topic: LSNs in Postgres' `X/Y` text so operators can read them.
+/// The JSON form on the topic: LSNs in Postgres' `X/Y` text so operators can read them. Unknown
+/// fields are ignored, so a newer relay may add optional ones without breaking an older reader.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Wire {
     version: u32,
     resume_lsn: Lsn,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     partial: Option<WirePartial>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeline: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     written_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WirePartial {
     final_lsn: Lsn,
     xid: u32,
@@ -92,6 +96,7 @@ impl Checkpoint {
         let wire = Wire {
             version: 1,
             resume_lsn: self.resume_lsn,
+            timeline: self.timeline,
             partial: self.partial.map(|p| WirePartial {
                 final_lsn: p.final_lsn,
                 xid: p.xid,
@@ -114,6 +119,7 @@ impl Checkpoint {
         }
         Ok(Self {
             resume_lsn: wire.resume_lsn,
+            timeline: wire.timeline,
             partial: wire.partial.map(|p| Partial {
                 final_lsn: p.final_lsn,
                 xid: p.xid,
@@ -214,6 +220,7 @@ mod tests {
                 xid: 771,
                 next_index: 10_000,
             }),
+            timeline: Some(3),
         };
         let bytes = cp.encode();
         let text = String::from_utf8(bytes.clone()).expect("utf8");

@@ -6,33 +6,18 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 use super::errors::map_sql_error;
+use super::slot::{self, Failover, SlotInfo, StandbySlot};
 use super::{tls, SourceSettings};
 use crate::error::{Error, Kind, Result};
 use crate::lsn::Lsn;
 
-/// The slot as `pg_replication_slots` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotInfo {
-    /// Output plugin (must be pgoutput).
-    pub plugin: Option<String>,
-    /// Database the slot decodes.
-    pub database: Option<String>,
-    /// Position up to which the consumer confirmed.
-    pub confirmed_flush_lsn: Option<Lsn>,
-    /// Oldest WAL the slot retains.
-    pub restart_lsn: Option<Lsn>,
-    /// reserved, extended, unreserved or lost.
-    pub wal_status: Option<String>,
-    /// Whether a session streams from it.
-    pub active: bool,
-    /// That session's backend pid.
-    pub active_pid: Option<i32>,
-}
-
-/// A plain SQL session.
+/// A plain SQL session with the primary.
 pub struct Control {
     client: Client,
+    /// The settings, `host` being the one host that accepted (the primary).
     settings: SourceSettings,
+    /// `server_version_num`, e.g. 170010.
+    version: u32,
 }
 
 impl std::fmt::Debug for Control {
@@ -42,8 +27,39 @@ impl std::fmt::Debug for Control {
 }
 
 impl Control {
-    /// Connects with the relay's role.
+    /// Connects to the primary: the first of `postgres.host`'s hosts (libpq's comma-separated
+    /// list) that accepts the connection and is not in recovery. A name whose address moves is
+    /// resolved again at every connection.
     pub async fn connect(s: &SourceSettings) -> Result<Self> {
+        let hosts = s.hosts();
+        let mut last_err = None;
+        let mut standbys = Vec::new();
+        for host in &hosts {
+            let mut one = s.clone();
+            one.host = host.to_string();
+            match Self::connect_one(&one).await {
+                Ok(c) => match c.in_recovery().await {
+                    Ok(false) => return Ok(c),
+                    Ok(true) => standbys.push(one.address()),
+                    Err(e) => last_err = Some(e),
+                },
+                // A person must act: the same answer from the next host is likely.
+                Err(e) if e.kind() == Kind::Config => return Err(e),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if !standbys.is_empty() && last_err.is_none() {
+            return Err(Error::transient(format!(
+                "postgres {}: no host accepts writes ({} in recovery): logical slots live on the primary (postgres.host); waiting for a primary",
+                s.address(),
+                standbys.join(", ")
+            )));
+        }
+        Err(last_err
+            .unwrap_or_else(|| Error::config("postgres.host: no host to connect to".to_string())))
+    }
+
+    async fn connect_one(s: &SourceSettings) -> Result<Self> {
         let mut cfg = tokio_postgres::Config::new();
         cfg.host(&s.host)
             .port(s.port)
@@ -82,10 +98,35 @@ impl Control {
             });
             client
         };
+        let version: String = client
+            .query_one("SHOW server_version_num", &[])
+            .await
+            .map_err(|e| map_sql_error(s, "SHOW server_version_num", e))?
+            .get(0);
         Ok(Self {
             client,
             settings: s.clone(),
+            version: version.trim().parse().unwrap_or(0),
         })
+    }
+
+    /// The settings of this connection, `host` being the primary it reached.
+    pub fn settings(&self) -> &SourceSettings {
+        &self.settings
+    }
+
+    /// The server's `server_version_num` (e.g. 170010).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    async fn in_recovery(&self) -> Result<bool> {
+        Ok(self
+            .client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(|e| self.err("SELECT pg_is_in_recovery()", e))?
+            .get(0))
     }
 
     fn err(&self, what: &str, e: tokio_postgres::Error) -> Error {
@@ -181,26 +222,57 @@ impl Control {
         Ok(())
     }
 
-    /// The slot, if it exists.
+    /// The slot, if it exists, with the columns this server version has.
     pub async fn slot(&self) -> Result<Option<SlotInfo>> {
         let row = self
             .client
-            .query_opt(
-                "SELECT plugin::text, database::text, confirmed_flush_lsn::text, restart_lsn::text, \
-                 wal_status, active, active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                &[&self.settings.slot],
-            )
+            .query_opt(&slot::query(self.version), &[&self.settings.slot])
             .await
             .map_err(|e| self.err("reading pg_replication_slots", e))?;
-        Ok(row.map(|r| SlotInfo {
-            plugin: r.get(0),
-            database: r.get(1),
-            confirmed_flush_lsn: r.get::<_, Option<String>>(2).and_then(|t| t.parse().ok()),
-            restart_lsn: r.get::<_, Option<String>>(3).and_then(|t| t.parse().ok()),
-            wal_status: r.get(4),
-            active: r.get(5),
-            active_pid: r.get(6),
-        }))
+        Ok(row.map(|r| slot::from_row(&r, self.version)))
+    }
+
+    /// Failover readiness as far as the primary can see it (Postgres 17+).
+    pub async fn failover(&self, slot: Option<&SlotInfo>) -> Result<Failover> {
+        let mut standby_slots = Vec::new();
+        if self.version >= 170_000 {
+            let names: String = self
+                .client
+                .query_one("SHOW synchronized_standby_slots", &[])
+                .await
+                .map_err(|e| self.err("SHOW synchronized_standby_slots", e))?
+                .get(0);
+            for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let row = self
+                    .client
+                    .query_opt(
+                        "SELECT slot_type = 'physical', active FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&name],
+                    )
+                    .await
+                    .map_err(|e| self.err("reading pg_replication_slots", e))?;
+                standby_slots.push(StandbySlot {
+                    name: name.to_string(),
+                    state: row.map(|r| (r.get(0), r.get(1))),
+                });
+            }
+        }
+        Ok(slot::judge(
+            self.version,
+            &self.settings.slot,
+            slot.and_then(|s| s.failover),
+            &standby_slots,
+        ))
+    }
+
+    /// A server setting (`SHOW name`).
+    pub async fn show(&self, name: &str) -> Result<String> {
+        Ok(self
+            .client
+            .query_one(&format!("SHOW {name}"), &[])
+            .await
+            .map_err(|e| self.err(&format!("SHOW {name}"), e))?
+            .get(0))
     }
 
     /// The server's current WAL write position (`pg_current_wal_lsn()`).
@@ -247,13 +319,22 @@ impl Control {
     /// instance starting at the same time created it first).
     pub async fn create_slot(&self) -> Result<bool> {
         let s = &self.settings;
-        let created = self
-            .client
-            .query_one(
-                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[&s.slot],
-            )
-            .await;
+        // A failover slot (17+): synchronized to standbys with sync_replication_slots = on.
+        let created = if s.failover_slot && self.version >= 170_000 {
+            self.client
+                .query_one(
+                    "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)",
+                    &[&s.slot],
+                )
+                .await
+        } else {
+            self.client
+                .query_one(
+                    "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&s.slot],
+                )
+                .await
+        };
         match created {
             Ok(row) => {
                 let at_lsn: String = row.get(0);

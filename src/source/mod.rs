@@ -11,6 +11,7 @@
 
 pub mod control;
 pub mod errors;
+pub mod slot;
 pub mod stream;
 pub mod tls;
 
@@ -19,7 +20,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-pub use control::{Control, SlotInfo};
+pub use control::Control;
+pub use slot::{Failover, SlotInfo};
 pub use stream::Stream;
 
 use crate::config::{Config, Secret};
@@ -28,9 +30,10 @@ use crate::lsn::Lsn;
 /// How to reach Postgres and what to read, resolved from the configuration.
 #[derive(Clone)]
 pub struct SourceSettings {
-    /// Server host name or address.
+    /// Host name or address; a comma-separated list (libpq's convention) names the servers of a
+    /// cluster, and the relay uses the one that accepts writes.
     pub host: String,
-    /// Server port.
+    /// Server port (every host's).
     pub port: u16,
     /// Database holding the outbox.
     pub dbname: String,
@@ -48,6 +51,8 @@ pub struct SourceSettings {
     pub publication: String,
     /// Create the slot when missing.
     pub create_slot: bool,
+    /// Make the slot a failover slot (Postgres 17+).
+    pub failover_slot: bool,
     /// Outbox table schema.
     pub table_schema: String,
     /// Outbox table name.
@@ -76,9 +81,18 @@ impl std::fmt::Debug for SourceSettings {
 }
 
 impl SourceSettings {
-    /// `host:port` for messages.
+    /// `host:port` for messages (`h1,h2:port` before a host was chosen).
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+
+    /// The hosts of `host`, in order.
+    pub fn hosts(&self) -> Vec<&str> {
+        self.host
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .collect()
     }
 
     /// The Postgres side of a validated configuration.
@@ -113,6 +127,7 @@ impl SourceSettings {
             slot: pg.slot.clone(),
             publication: pg.publication.clone(),
             create_slot: pg.create_slot,
+            failover_slot: pg.failover_slot,
             table_schema,
             table_name,
             required_columns: required,
@@ -183,6 +198,7 @@ pub(crate) mod tests {
             slot: "outbox_relay".into(),
             publication: "outbox_pub".into(),
             create_slot: true,
+            failover_slot: true,
             table_schema: "public".into(),
             table_name: "outbox".into(),
             required_columns: vec![],

@@ -25,6 +25,31 @@ pub struct Stream {
     pub system_id: String,
     /// Server WAL position when the stream opened.
     pub server_lsn: Lsn,
+    /// The server's timeline (from IDENTIFY_SYSTEM).
+    pub timeline: u32,
+    /// The timeline history (`TIMELINE_HISTORY`): for each earlier timeline, where it ended and
+    /// the next began (the fork point). Empty on timeline 1.
+    pub history: Vec<(u32, Lsn)>,
+}
+
+/// What to do on the replication connection before streaming.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Turn `failover` on for the existing slot (`ALTER_REPLICATION_SLOT`, Postgres 17+).
+    pub enable_failover: bool,
+}
+
+/// Parses a timeline history file: `<parent tli>\t<switchpoint>\t<reason>` per line.
+pub fn parse_history(content: &str) -> Vec<(u32, Lsn)> {
+    content
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let tli = f.next()?.parse().ok()?;
+            let at = f.next()?.parse().ok()?;
+            Some((tli, at))
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for Stream {
@@ -57,7 +82,7 @@ fn tls_config(s: &SourceSettings) -> Result<pgwire_replication::TlsConfig> {
 impl Stream {
     /// Connects, identifies the system and starts replication on the slot. Fails with
     /// [`Kind::Standby`] when another session holds the slot.
-    pub async fn open(s: &SourceSettings) -> Result<Self> {
+    pub async fn open(s: &SourceSettings, opts: OpenOptions) -> Result<Self> {
         let cfg = ReplicationConfig::new(
             s.host.clone(),
             s.user.clone(),
@@ -83,6 +108,25 @@ impl Stream {
                 .identify_system()
                 .await
                 .map_err(|e| map_pg_error(s, "IDENTIFY_SYSTEM", e))?;
+            let history = if ident.timeline > 1 {
+                let h = client
+                    .timeline_history(ident.timeline)
+                    .await
+                    .map_err(|e| map_pg_error(s, "TIMELINE_HISTORY", e))?;
+                parse_history(&String::from_utf8_lossy(&h.content))
+            } else {
+                Vec::new()
+            };
+            if opts.enable_failover {
+                client
+                    .simple_query(&format!(
+                        "ALTER_REPLICATION_SLOT {} (FAILOVER true)",
+                        s.slot
+                    ))
+                    .await
+                    .map_err(|e| map_pg_error(s, "ALTER_REPLICATION_SLOT (FAILOVER true)", e))?;
+                tracing::info!(slot = %s.slot, "turned failover on for the replication slot (postgres.failover_slot)");
+            }
             client
                 .start()
                 .await
@@ -97,6 +141,8 @@ impl Stream {
                 status_interval: s.status_interval,
                 system_id: ident.system_id,
                 server_lsn: Lsn(ident.xlogpos.as_u64()),
+                timeline: ident.timeline,
+                history,
             })
         };
         match tokio::time::timeout(s.connect_timeout + Duration::from_secs(5), opening).await {
@@ -195,6 +241,15 @@ impl Stream {
 mod tests {
     use super::*;
     use crate::source::tests::settings;
+
+    #[test]
+    fn timeline_history_files_parse() {
+        let h = parse_history(
+            "1\t0/3000158\tno recovery target specified\n\n2\t0/5000060\tbefore 2000-01-01\n",
+        );
+        assert_eq!(h, vec![(1, Lsn(0x300_0158)), (2, Lsn(0x500_0060))]);
+        assert!(parse_history("garbage").is_empty());
+    }
 
     #[test]
     fn tls_modes_map_to_the_replication_client_and_unknown_ones_are_named() {
