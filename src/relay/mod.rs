@@ -12,6 +12,7 @@
 //! *committed* in Kafka (`resume_lsn`) is the only one ever acknowledged to Postgres.
 
 pub mod pipeline;
+pub mod publish;
 pub mod session;
 pub mod settings;
 pub mod supervisor;

@@ -29,18 +29,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use super::settings::{BatchSettings, LiveSettings, OnError, RelaySettings};
+use super::publish::{Published, Publisher};
+use super::settings::{BatchSettings, LiveSettings, RelaySettings};
 use super::tracker::{Change, TrackError, Tracker};
-use crate::decode::{self, InsertError, OutboxDecoder, OutboxRow, PgOutput, RowError, Tuple};
-use crate::error::{Error, Kind, Result};
+use crate::decode::{self, OutboxDecoder, PgOutput, Tuple};
+use crate::error::{Error, Result};
 use crate::lsn::Lsn;
-use crate::reason::{Reason, Refusal};
-use crate::route::deadletter::DeadLetters;
-use crate::route::{Position, Record, Router};
+use crate::route::Position;
 use crate::shutdown::Shutdown;
 use crate::sink::{Committer, Outcome, Partial, Refusals};
 use crate::source::{Control, SourceEvent, Stream};
-use crate::telemetry::{Status, TxnStats};
+use crate::telemetry::Status;
 
 /// How often the SQL connection checks the slot while streaming; a check that does not answer in
 /// this time ends the session (a connection that hangs without an error, e.g. a network partition).
@@ -49,36 +48,6 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 const TURN: Duration = Duration::from_millis(500);
 /// Buffered stream events handled per turn before the timers get a look.
 const BURST: usize = 256;
-
-/// A row that cannot be published, in whatever shape it failed.
-enum BadRow {
-    /// Its columns could not be read.
-    Raw(RowError),
-    /// Decoded, not routable (or refused on an earlier attempt).
-    Row(OutboxRow, Refusal),
-    /// Routed, not publishable (topic, size).
-    Record(Record, Refusal),
-}
-
-impl BadRow {
-    fn refusal(&self) -> Refusal {
-        match self {
-            BadRow::Raw(e) => Refusal::new(e.reason, e.detail.clone()),
-            BadRow::Row(_, r) | BadRow::Record(_, r) => r.clone(),
-        }
-    }
-
-    fn event_id(&self) -> Option<String> {
-        match self {
-            BadRow::Raw(e) => e.event_id.clone(),
-            BadRow::Row(row, _) => Some(row.id.clone()),
-            BadRow::Record(rec, _) => rec
-                .event_id
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned()),
-        }
-    }
-}
 
 /// The loop's state: the stages, and nothing else.
 #[allow(missing_debug_implementations)]
@@ -89,13 +58,11 @@ pub struct Pipeline<'a> {
     tracker: Tracker,
     committer: Committer,
     decoder: OutboxDecoder,
-    router: Router,
-    dead_letters: Option<DeadLetters>,
+    /// Rows into records (or dead letters) into the committer.
+    publisher: Publisher,
     /// Batch limits in force (reloadable).
     batch: BatchSettings,
     live: &'a mut watch::Receiver<LiveSettings>,
-    /// What the assembling Kafka transaction holds, for the metrics at its commit.
-    stats: TxnStats,
     status: Arc<Status>,
     /// A bad row with `on_error = "stop"`: finish what is decided, then end with this error.
     stop_after: Option<Error>,
@@ -132,16 +99,9 @@ impl<'a> Pipeline<'a> {
                 &src.table_name,
                 settings.columns.clone(),
             ),
-            router: Router::new(live_now.router),
-            dead_letters: match &settings.on_error {
-                OnError::DeadLetter(topic) => {
-                    Some(DeadLetters::new(topic, settings.columns.clone()))
-                }
-                OnError::Stop => None,
-            },
+            publisher: Publisher::new(settings, live_now.router, status),
             batch: live_now.batch,
             live,
-            stats: TxnStats::default(),
             status: status.clone(),
             stop_after: None,
             last_commit_at: Instant::now(),
@@ -232,10 +192,10 @@ impl<'a> Pipeline<'a> {
         let checkpoint = self.tracker.checkpoint(partial);
         // A split Postgres transaction: what of it this commit holds counts from now.
         if let Some(ts) = self.tracker.current_commit_ts() {
-            self.stats.pg_commit(ts);
+            self.publisher.stats().pg_commit(ts);
         }
         self.committer
-            .decide(checkpoint, std::mem::take(&mut self.stats))
+            .decide(checkpoint, self.publisher.take_stats())
     }
 
     /// A commit returned.
@@ -306,7 +266,7 @@ impl<'a> Pipeline<'a> {
             SourceEvent::Change { lsn, data } => self.change(lsn, data),
             SourceEvent::Commit { end_lsn, .. } => {
                 let ts = self.tracker.commit(end_lsn).map_err(track_error)?;
-                self.stats.pg_commit(ts);
+                self.publisher.stats().pg_commit(ts);
                 // Checked here too, not only by the timer, so a steady stream of small
                 // transactions still commits every max_delay.
                 if self.stop_after.is_none()
@@ -372,89 +332,19 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
-    /// One new outbox row: decode, route, admit, queue; or dead-letter (or stop).
+    /// One new outbox row: publish it (or dead-letter it); with `on_error = "stop"`, cut before it
+    /// and stop once the cut is committed.
     fn insert(&mut self, pos: Position, relation_id: u32, tuple: Tuple) -> Result<()> {
-        let row = match self.decoder.insert(relation_id, tuple) {
-            Ok(row) => row,
-            Err(InsertError::Row(e)) => return self.bad_row(BadRow::Raw(e), &pos),
-            Err(e) => {
-                return Err(Error::config(format!(
-                    "postgres: the outbox stream does not match the configuration at {}",
-                    pos.lsn
-                ))
-                .with_source(e))
-            }
-        };
-        if let Some(refusal) = self.committer.refused(row.id.as_bytes()) {
-            let refusal = refusal.clone();
-            return self.bad_row(BadRow::Row(row, refusal), &pos);
-        }
-        let rec = match self.router.route(row, &pos) {
-            Ok(rec) => rec,
-            Err(failed) => {
-                let (refusal, row) = *failed;
-                return self.bad_row(BadRow::Row(row, refusal), &pos);
-            }
-        };
-        if let Some(refusal) = self.committer.admit(&rec)? {
-            return self.bad_row(BadRow::Record(rec, refusal), &pos);
-        }
-        self.stats.published(&rec.topic);
-        self.status.events_published.fetch_add(1, Ordering::Relaxed);
-        self.committer.send(rec)
-    }
-
-    /// A row that cannot be published: dead-letter it in the open transaction, or stop.
-    fn bad_row(&mut self, bad: BadRow, pos: &Position) -> Result<()> {
-        let refusal = bad.refusal();
-        let id = bad.event_id().unwrap_or_else(|| "(unknown)".into());
-        let Some(dead_letters) = &self.dead_letters else {
+        let row = self.decoder.insert(relation_id, tuple);
+        if let Published::Stop(e) = self.publisher.row(&mut self.committer, row, &pos)? {
             // Publish everything before the bad row (a cut at this row), acknowledge up to the
             // end of the last whole transaction, and stop: a restart begins at this row.
             if !self.committer.fill().is_empty() {
                 self.decide(self.tracker.partial_before_current())?;
             }
-            self.stop_after = Some(Error::new(
-                Kind::BadRow,
-                format!(
-                    "outbox row {id} at {} (xid {}) cannot be published: {refusal} (errors.on_error = \"stop\"; fix the row or the configuration, then start again: nothing past it was acknowledged)",
-                    pos.lsn, pos.xid
-                ),
-            ));
-            return Ok(());
-        };
-        tracing::warn!(
-            event_id = %id,
-            pg_lsn = %pos.lsn,
-            reason = %refusal.reason,
-            "dead-lettering outbox row: {}",
-            refusal.detail
-        );
-        let rec = match bad {
-            BadRow::Raw(e) => dead_letters.from_raw(e, pos),
-            BadRow::Row(row, refusal) => {
-                let intended = self.router.topic(&row.aggregate_type).ok();
-                dead_letters.from_row(row, intended.as_ref(), pos, &refusal)
-            }
-            BadRow::Record(rec, refusal) => dead_letters.from_record(rec, &refusal),
-        };
-        if let Some(refused) = self.committer.admit(&rec)? {
-            return Err(match refused.reason {
-                Reason::RecordTooLarge => Error::bad_row(format!(
-                    "outbox row {id} at {} could not be dead-lettered either: {refused}",
-                    pos.lsn
-                )),
-                _ => Error::config(format!(
-                    "kafka: outbox row {id} cannot be dead-lettered: {refused} (errors.dead_letter_topic {:?}: create the topic, or let the relay write it)",
-                    &*rec.topic
-                )),
-            });
+            self.stop_after = Some(e);
         }
-        self.stats.dead_lettered();
-        self.status
-            .events_dead_lettered
-            .fetch_add(1, Ordering::Relaxed);
-        self.committer.send(rec)
+        Ok(())
     }
 
     /// Checks the slot over the SQL connection: proves Postgres still answers (a partitioned
@@ -505,7 +395,7 @@ impl<'a> Pipeline<'a> {
     fn apply_live(&mut self) {
         let live = self.live.borrow_and_update().clone();
         self.batch = live.batch;
-        self.router.set_settings(live.router);
+        self.publisher.set_router(live.router);
         tracing::info!(
             max_events = self.batch.max_events,
             max_bytes = self.batch.max_bytes,
