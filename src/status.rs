@@ -181,6 +181,9 @@ pub struct CheckpointReport {
     pub note: Option<String>,
     /// The server timeline it was written on (newer relays record it).
     pub timeline: Option<u32>,
+    /// The initial snapshot, while it runs: `pending` (the slot is being created) or the rows
+    /// published so far.
+    pub snapshot: Option<String>,
 }
 
 /// A split transaction's progress.
@@ -296,6 +299,17 @@ pub async fn collect(src: &SourceSettings, sink: &SinkSettings) -> Result<Report
         }),
         note,
         timeline: cp.as_ref().and_then(|c| c.timeline),
+        snapshot: cp
+            .as_ref()
+            .and_then(|c| c.snapshot.as_ref())
+            .map(|s| match s {
+                crate::sink::SnapshotState::Pending => {
+                    "pending (the slot is being created)".to_string()
+                }
+                crate::sink::SnapshotState::Running(p) => {
+                    format!("running: {} rows of the table published", p.rows)
+                }
+            }),
     };
     let slot_held = slot_report.active;
     let mut report = Report {
@@ -406,6 +420,9 @@ pub fn text(r: &Report) -> String {
     let _ = writeln!(o, "checkpoint topic {:?} key {:?}", c.topic, c.key);
     if c.found {
         let _ = writeln!(o, "  resume_lsn:            {}", opt(&c.resume_lsn));
+        if let Some(snapshot) = &c.snapshot {
+            let _ = writeln!(o, "  initial snapshot:      {snapshot}");
+        }
         match &c.partial {
             Some(p) => {
                 let _ = writeln!(
@@ -520,6 +537,7 @@ mod tests {
                 }),
                 note: None,
                 timeline: Some(1),
+                snapshot: None,
             },
             lag_bytes: Some(16_777_216),
             slot_held: true,

@@ -220,6 +220,14 @@ pub struct OutboxConfig {
     /// The outbox table as `schema.table` (no schema means `public`). Unquoted names fold to lowercase as in
     /// SQL; double-quote a part to keep its case: `"Sales"."Outbox"`.
     pub table: String,
+    /// When the relay creates its slot, first publish the rows already in the table (the snapshot
+    /// Postgres exports at the slot's creation, so "in the snapshot" and "in the stream" never overlap
+    /// or leave a gap), then stream. Off by default: an outbox is normally empty.
+    pub snapshot: bool,
+    /// Column that orders the initial snapshot: events of one key are published in this order (ties
+    /// by id), then everything after the slot's creation in commit order. Empty: the `created_at`
+    /// column.
+    pub snapshot_order_by: String,
     /// `[outbox.columns]`: which column holds what (e.g. Debezium's layout `aggregatetype`, `type`).
     pub columns: ColumnsConfig,
 }
@@ -228,8 +236,19 @@ impl Default for OutboxConfig {
     fn default() -> Self {
         Self {
             table: "public.outbox".into(),
+            snapshot: false,
+            snapshot_order_by: String::new(),
             columns: ColumnsConfig::default(),
         }
+    }
+}
+
+impl OutboxConfig {
+    /// The column ordering the initial snapshot (`snapshot_order_by`, else `created_at`'s).
+    pub fn snapshot_order_column(&self) -> Option<&str> {
+        Some(self.snapshot_order_by.as_str())
+            .filter(|c| !c.is_empty())
+            .or_else(|| self.columns.created_at())
     }
 }
 

@@ -80,7 +80,9 @@ reload_table! {
         failover_slot => RESTART,
         connect_timeout_ms => RESTART, status_interval_ms => RESTART,
     }
-    "outbox" => outbox: OutboxConfig { table => RESTART, columns => NESTED }
+    "outbox" => outbox: OutboxConfig {
+        table => RESTART, snapshot => RESTART, snapshot_order_by => RESTART, columns => NESTED,
+    }
     "outbox.columns" => outbox.columns: ColumnsConfig {
         id => RESTART, aggregate_type => RESTART, aggregate_id => RESTART, event_type => RESTART,
         payload => RESTART, headers => RESTART, created_at => RESTART,

@@ -81,6 +81,12 @@ pub(super) fn validate(c: &Config) -> Check {
     ] {
         not_empty(key, value)?;
     }
+    if c.outbox.snapshot && c.outbox.snapshot_order_column().is_none() {
+        return err(
+            "outbox.snapshot_order_by",
+            "outbox.snapshot = true needs an order for the rows: set snapshot_order_by to a column (or map outbox.columns.created_at)",
+        );
+    }
 
     kafka(&c.kafka)?;
 

@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod publish;
 pub mod session;
 pub mod settings;
+pub mod snapshot;
 pub mod supervisor;
 pub mod tracker;
 #[cfg(test)]

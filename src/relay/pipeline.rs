@@ -87,7 +87,6 @@ impl<'a> Pipeline<'a> {
         status
             .checkpoint_lsn
             .store(tracker.resume_lsn().as_u64(), Ordering::Relaxed);
-        status.set_ready(true);
         Self {
             settings,
             control,

@@ -23,14 +23,15 @@ use tokio::sync::watch;
 
 use super::pipeline::Pipeline;
 use super::settings::{LiveSettings, OnError, RelaySettings};
+use super::snapshot;
 use super::tracker::Tracker;
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
 use crate::sink::{
     self, checkpoint, Checkpoint, CheckpointKey, Committer, MetadataClient, Producer, Refusals,
-    SinkSettings, TopicChecker,
+    SinkSettings, SnapshotProgress, SnapshotState, TopicChecker,
 };
-use crate::source::stream::OpenOptions;
+use crate::source::stream::{Gated, OpenOptions};
 use crate::source::{Control, SlotInfo, SourceSettings, Stream};
 use crate::telemetry::Status;
 
@@ -68,9 +69,9 @@ pub async fn run(
     };
     let Started {
         control,
-        stream,
+        mut stream,
         producer,
-        checkpoint,
+        mut checkpoint,
     } = started;
     let meta = match tokio::task::block_in_place(|| MetadataClient::new(&sink)) {
         Ok(m) => m,
@@ -83,12 +84,59 @@ pub async fn run(
             };
         }
     };
-    let committer = Committer::new(
+    let mut committer = Committer::new(
         producer,
         TopicChecker::new(meta),
         refusals,
         sink.max_record_bytes(),
     );
+    status.set_ready(true);
+    if checkpoint.snapshot.is_some() {
+        // The initial snapshot first; then the stream again from the slot's creation point.
+        let router = live.borrow().router.clone();
+        let src = control.settings().clone();
+        let outcome = snapshot::run(
+            settings,
+            &src,
+            stream,
+            &mut committer,
+            checkpoint,
+            router,
+            status,
+            shutdown,
+        )
+        .await;
+        let reopened = match outcome {
+            Ok(snapshot::Finished::Done(cp)) => Stream::open(&src, OpenOptions::default())
+                .await
+                .map(|s| (s, cp)),
+            Ok(snapshot::Finished::Drained) => {
+                return SessionEnd {
+                    result: Ok(()),
+                    streamed: true,
+                    refusals: committer.into_refusals(),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match reopened {
+            Ok((s, cp)) => {
+                stream = s;
+                stream.ack(cp.resume_lsn);
+                checkpoint = cp;
+            }
+            Err(e) => {
+                if committer.abort() {
+                    status.metrics.aborted();
+                }
+                return SessionEnd {
+                    result: Err(e),
+                    streamed: true,
+                    refusals: committer.into_refusals(),
+                };
+            }
+        }
+    }
     let tracker =
         Tracker::new(checkpoint.resume_lsn, checkpoint.partial).on_timeline(stream.timeline);
     let current = live.borrow_and_update().clone();
@@ -133,15 +181,30 @@ async fn start(
 
     // (1) A missing slot: lost if a checkpoint says events were published from it.
     let mut enable_failover = false;
-    let created = match control.slot().await? {
+    let mut slot = control.slot().await?;
+    if let (Some(info), true) = (&slot, settings.snapshot) {
+        // A slot made by a start that was killed before its snapshot was written down: nothing
+        // was published from it, and its snapshot is gone. Make it again.
+        let peek = read_checkpoint(sink, &key, kafka_wait)?;
+        if peek.is_some_and(|cp| cp.snapshot == Some(SnapshotState::Pending)) && !info.active {
+            tracing::warn!(slot = %src.slot, "the slot was created by a start that did not finish its snapshot: dropping it and starting over");
+            control.drop_slot().await;
+            slot = None;
+        }
+    }
+    let created = match slot {
         Some(info) => {
             control.check_slot(&info)?;
             enable_failover = src.failover_slot && info.failover == Some(false);
             false
         }
         None => {
-            if let Some(cp) = read_checkpoint(sink, &key, kafka_wait)? {
-                return Err(lost_slot(src, sink, &key, &cp));
+            let peek = read_checkpoint(sink, &key, kafka_wait)?;
+            if let Some(cp) = peek
+                .as_ref()
+                .filter(|cp| cp.snapshot != Some(SnapshotState::Pending))
+            {
+                return Err(lost_slot(src, sink, &key, cp));
             }
             if !src.create_slot {
                 return Err(Error::config(format!(
@@ -150,6 +213,16 @@ async fn start(
                     src.slot,
                     src.slot
                 )));
+            }
+            if settings.snapshot {
+                let (stream, producer, checkpoint) =
+                    create_with_snapshot(sink, &control, &key, kafka_wait).await?;
+                return Ok(Started {
+                    control,
+                    stream,
+                    producer,
+                    checkpoint,
+                });
             }
             control.create_slot().await?
         }
@@ -169,6 +242,76 @@ async fn start(
             Err(e)
         }
     }
+}
+
+/// Creates the slot with an exported snapshot (`outbox.snapshot`), writing down first that a
+/// creation is under way and then the snapshot itself, each in a Kafka transaction, so a kill at
+/// any point is recognised at the next start.
+async fn create_with_snapshot(
+    sink: &SinkSettings,
+    control: &Control,
+    key: &CheckpointKey,
+    kafka_wait: Duration,
+) -> Result<(Stream, Producer, Checkpoint)> {
+    let src = control.settings();
+    let mut producer = {
+        let sink = sink.clone();
+        let key = key.clone();
+        tokio::task::block_in_place(|| Producer::connect(sink, key, kafka_wait))?
+    };
+    commit_checkpoint(
+        &mut producer,
+        &Checkpoint {
+            snapshot: Some(SnapshotState::Pending),
+            ..Checkpoint::default()
+        },
+    )?;
+    let mut gated = Gated::connect(src).await?;
+    let (consistent, name) = gated
+        .create_slot_exporting(control.version(), src.failover_slot)
+        .await?;
+    let made = async {
+        // The exported snapshot is importable until the replication connection's next command.
+        let snapshot = control.import_snapshot(&name).await?;
+        let checkpoint = Checkpoint {
+            resume_lsn: consistent,
+            partial: None,
+            timeline: Some(gated.timeline()),
+            snapshot: Some(SnapshotState::Running(SnapshotProgress {
+                snapshot,
+                after: None,
+                rows: 0,
+            })),
+        };
+        commit_checkpoint(&mut producer, &checkpoint)?;
+        let mut stream = gated.start(OpenOptions::default()).await?;
+        stream.ack(consistent);
+        Ok::<_, Error>((stream, checkpoint))
+    }
+    .await;
+    match made {
+        Ok((stream, checkpoint)) => {
+            tracing::info!(
+                slot = %src.slot,
+                consistent_point = %consistent,
+                checkpoint_key = %key,
+                "outbox-relay started: slot created with a snapshot, producer initialised; publishing the table's rows first"
+            );
+            Ok((stream, producer, checkpoint))
+        }
+        Err(e) => {
+            control.drop_slot().await;
+            Err(e)
+        }
+    }
+}
+
+/// A checkpoint-only Kafka transaction.
+fn commit_checkpoint(producer: &mut Producer, cp: &Checkpoint) -> Result<()> {
+    tokio::task::block_in_place(|| producer.commit(cp)).map_err(|e| match e {
+        crate::sink::producer::CommitError::Session(e) => e,
+        crate::sink::producer::CommitError::Refused { error, .. } => error,
+    })
 }
 
 /// Steps 2-6.
@@ -268,6 +411,7 @@ fn resume_point(
                 resume_lsn: confirmed,
                 partial: None,
                 timeline: None,
+                snapshot: None,
             })
         }
     }

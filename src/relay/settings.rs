@@ -49,6 +49,10 @@ pub struct RelaySettings {
     pub on_error: OnError,
     /// Reconnects.
     pub retry: RetrySettings,
+    /// Publish the table's rows when the slot is created (`outbox.snapshot`).
+    pub snapshot: bool,
+    /// The column ordering the snapshot.
+    pub snapshot_order: Option<String>,
 }
 
 /// The settings a SIGHUP reload may change while the relay runs (the keys
@@ -97,6 +101,8 @@ impl RelaySettings {
                 max_backoff: cfg.retry.max_backoff(),
                 max_elapsed: cfg.retry.max_elapsed(),
             },
+            snapshot: cfg.outbox.snapshot,
+            snapshot_order: cfg.outbox.snapshot_order_column().map(str::to_string),
         }
     }
 

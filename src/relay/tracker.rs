@@ -289,6 +289,7 @@ impl Tracker {
             // until it comes back: an idle checkpoint must not forget it.
             partial: partial.or(self.partial_at_start),
             timeline: self.timeline,
+            snapshot: None,
         }
     }
 

@@ -56,6 +56,32 @@ pub struct Checkpoint {
     /// The server timeline the stream was on (`None` in checkpoints of older relays): after a
     /// failover, positions of another timeline are compared only up to its fork point.
     pub timeline: Option<u32>,
+    /// The initial snapshot (`outbox.snapshot`), while it is not finished.
+    pub snapshot: Option<SnapshotState>,
+}
+
+/// Where the initial snapshot of the table stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotState {
+    /// The relay is creating its slot with an exported snapshot. A slot found while the
+    /// checkpoint says this was made by an interrupted start: it is dropped and made again
+    /// (nothing was published from it).
+    Pending,
+    /// Publishing the rows of the snapshot taken at the slot's creation.
+    Running(SnapshotProgress),
+}
+
+/// How far the initial snapshot got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotProgress {
+    /// The exported snapshot, as `pg_current_snapshot()` printed it in a transaction that imported
+    /// it (`xmin:xmax:xip,...`): which rows it holds can be told from their `xmin` long after the
+    /// snapshot itself is gone.
+    pub snapshot: String,
+    /// The last row published: its order column's text and its id's text.
+    pub after: Option<(String, String)>,
+    /// Rows of the snapshot published so far (events and dead letters).
+    pub rows: u64,
 }
 
 /// A Postgres transaction of which only the first `next_index` changes are published.
@@ -80,7 +106,21 @@ struct Wire {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     timeline: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    snapshot: Option<WireSnapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     written_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum WireSnapshot {
+    Pending,
+    Running {
+        snapshot: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<(String, String)>,
+        rows: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -97,6 +137,14 @@ impl Checkpoint {
             version: 1,
             resume_lsn: self.resume_lsn,
             timeline: self.timeline,
+            snapshot: self.snapshot.as_ref().map(|s| match s {
+                SnapshotState::Pending => WireSnapshot::Pending,
+                SnapshotState::Running(p) => WireSnapshot::Running {
+                    snapshot: p.snapshot.clone(),
+                    after: p.after.clone(),
+                    rows: p.rows,
+                },
+            }),
             partial: self.partial.map(|p| WirePartial {
                 final_lsn: p.final_lsn,
                 xid: p.xid,
@@ -120,6 +168,18 @@ impl Checkpoint {
         Ok(Self {
             resume_lsn: wire.resume_lsn,
             timeline: wire.timeline,
+            snapshot: wire.snapshot.map(|s| match s {
+                WireSnapshot::Pending => SnapshotState::Pending,
+                WireSnapshot::Running {
+                    snapshot,
+                    after,
+                    rows,
+                } => SnapshotState::Running(SnapshotProgress {
+                    snapshot,
+                    after,
+                    rows,
+                }),
+            }),
             partial: wire.partial.map(|p| Partial {
                 final_lsn: p.final_lsn,
                 xid: p.xid,
@@ -221,6 +281,7 @@ mod tests {
                 next_index: 10_000,
             }),
             timeline: Some(3),
+            snapshot: None,
         };
         let bytes = cp.encode();
         let text = String::from_utf8(bytes.clone()).expect("utf8");
@@ -228,5 +289,23 @@ mod tests {
         assert_eq!(Checkpoint::decode(&bytes), Ok(cp));
         assert!(Checkpoint::decode(b"{\"version\":2,\"resume_lsn\":\"0/0\"}").is_err());
         assert!(Checkpoint::decode(b"nope").is_err());
+        let snap = Checkpoint {
+            resume_lsn: Lsn(5),
+            partial: None,
+            timeline: Some(1),
+            snapshot: Some(SnapshotState::Running(SnapshotProgress {
+                snapshot: "10:20:12,15".into(),
+                after: Some(("2026-11-30 12:00:00+00".into(), "e1".into())),
+                rows: 7,
+            })),
+        };
+        let text = String::from_utf8(snap.encode()).expect("utf8");
+        assert!(text.contains("\"state\":\"running\""), "{text}");
+        assert_eq!(Checkpoint::decode(text.as_bytes()), Ok(snap));
+        let pending = Checkpoint {
+            snapshot: Some(SnapshotState::Pending),
+            ..Checkpoint::default()
+        };
+        assert_eq!(Checkpoint::decode(&pending.encode()), Ok(pending));
     }
 }

@@ -19,7 +19,7 @@ pub mod topics;
 
 use std::time::Duration;
 
-pub use checkpoint::{Checkpoint, CheckpointKey, Partial};
+pub use checkpoint::{Checkpoint, CheckpointKey, Partial, SnapshotProgress, SnapshotState};
 pub use committer::{Committed, Committer, Outcome, Refusals};
 pub use producer::Producer;
 pub use topics::{MetadataClient, TopicChecker};

@@ -59,6 +59,22 @@ impl Control {
             .unwrap_or_else(|| Error::config("postgres.host: no host to connect to".to_string())))
     }
 
+    /// Connects to exactly `s.host` (no host list), e.g. a second connection to the primary a
+    /// first one found.
+    pub async fn connect_to(s: &SourceSettings) -> Result<Self> {
+        Self::connect_one(s).await
+    }
+
+    /// The client, for the queries of sibling modules.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// An error of this connection, sorted by what the caller must do.
+    pub(crate) fn sql_error(&self, what: &str, e: tokio_postgres::Error) -> Error {
+        map_sql_error(&self.settings, what, e)
+    }
+
     async fn connect_one(s: &SourceSettings) -> Result<Self> {
         let mut cfg = tokio_postgres::Config::new();
         cfg.host(&s.host)

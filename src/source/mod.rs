@@ -12,6 +12,7 @@
 pub mod control;
 pub mod errors;
 pub mod slot;
+pub mod snapshot;
 pub mod stream;
 pub mod tls;
 

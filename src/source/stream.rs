@@ -39,6 +39,179 @@ pub struct OpenOptions {
     pub enable_failover: bool,
 }
 
+/// A replication connection that has identified the system but not started streaming: commands
+/// that must run before `START_REPLICATION` (creating the slot with an exported snapshot, turning
+/// failover on) run here.
+pub struct Gated {
+    client: ReplicationClient,
+    settings: SourceSettings,
+    system_id: String,
+    server_lsn: Lsn,
+    timeline: u32,
+    history: Vec<(u32, Lsn)>,
+}
+
+impl std::fmt::Debug for Gated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gated")
+            .field("system_id", &self.system_id)
+            .field("timeline", &self.timeline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gated {
+    /// Connects for replication, runs IDENTIFY_SYSTEM and, past timeline 1, TIMELINE_HISTORY.
+    pub async fn connect(s: &SourceSettings) -> Result<Self> {
+        let cfg = ReplicationConfig::new(
+            s.host.clone(),
+            s.user.clone(),
+            s.password.expose().to_string(),
+            s.dbname.clone(),
+            s.slot.clone(),
+            s.publication.clone(),
+        )
+        .with_port(s.port)
+        .with_tls(tls_config(s)?)
+        .with_start_lsn(WireLsn::ZERO)
+        .with_status_interval(s.status_interval)
+        .with_wakeup_interval(Duration::from_secs(5))
+        .with_buffer_size(2048)
+        .with_application_name("outbox-relay")
+        // Fixed text forms for timestamps (created_at), whatever the server's defaults.
+        .with_options("-c DateStyle=ISO -c TimeZone=UTC");
+        let connecting = async {
+            let mut client = ReplicationClient::connect_gated(cfg)
+                .await
+                .map_err(|e| map_pg_error(s, "connecting for replication", e))?;
+            let ident = client
+                .identify_system()
+                .await
+                .map_err(|e| map_pg_error(s, "IDENTIFY_SYSTEM", e))?;
+            let history = if ident.timeline > 1 {
+                let h = client
+                    .timeline_history(ident.timeline)
+                    .await
+                    .map_err(|e| map_pg_error(s, "TIMELINE_HISTORY", e))?;
+                parse_history(&String::from_utf8_lossy(&h.content))
+            } else {
+                Vec::new()
+            };
+            Ok::<_, Error>(Gated {
+                client,
+                settings: s.clone(),
+                system_id: ident.system_id,
+                server_lsn: Lsn(ident.xlogpos.as_u64()),
+                timeline: ident.timeline,
+                history,
+            })
+        };
+        match tokio::time::timeout(s.connect_timeout + Duration::from_secs(5), connecting).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::transient(format!(
+                "postgres {}: replication connection not established within {:?}",
+                s.address(),
+                s.connect_timeout
+            ))),
+        }
+    }
+
+    /// The server's timeline.
+    pub fn timeline(&self) -> u32 {
+        self.timeline
+    }
+
+    /// Creates the slot and exports the snapshot of its consistent point: returns that point and
+    /// the snapshot's name, importable (`SET TRANSACTION SNAPSHOT`) until this connection runs its
+    /// next command. `version` is the server's `server_version_num`.
+    pub async fn create_slot_exporting(
+        &mut self,
+        version: u32,
+        failover: bool,
+    ) -> Result<(Lsn, String)> {
+        let s = &self.settings;
+        let slot = &s.slot;
+        let sql = if version >= 150_000 {
+            let failover = if failover && version >= 170_000 {
+                ", FAILOVER true"
+            } else {
+                ""
+            };
+            format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT 'export'{failover})")
+        } else {
+            format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput EXPORT_SNAPSHOT")
+        };
+        let rows = self
+            .client
+            .simple_query(&sql)
+            .await
+            .map_err(|e| map_pg_error(s, "CREATE_REPLICATION_SLOT", e))?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::internal("postgres: CREATE_REPLICATION_SLOT returned no row"))?;
+        let text = |i: usize| {
+            row.get(i)
+                .cloned()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
+        let consistent: Lsn = text(1).and_then(|t| t.parse().ok()).ok_or_else(|| {
+            Error::internal("postgres: CREATE_REPLICATION_SLOT: no consistent point")
+        })?;
+        let snapshot = text(2).ok_or_else(|| {
+            Error::internal("postgres: CREATE_REPLICATION_SLOT: no exported snapshot")
+        })?;
+        tracing::info!(slot = %slot, consistent_point = %consistent, snapshot = %snapshot, "created the replication slot with an exported snapshot");
+        Ok((consistent, snapshot))
+    }
+
+    /// Starts streaming (turning failover on first when asked).
+    pub async fn start(mut self, opts: OpenOptions) -> Result<Stream> {
+        let s = self.settings.clone();
+        let starting = async {
+            if opts.enable_failover {
+                self.client
+                    .simple_query(&format!(
+                        "ALTER_REPLICATION_SLOT {} (FAILOVER true)",
+                        s.slot
+                    ))
+                    .await
+                    .map_err(|e| map_pg_error(&s, "ALTER_REPLICATION_SLOT (FAILOVER true)", e))?;
+                tracing::info!(slot = %s.slot, "turned failover on for the replication slot (postgres.failover_slot)");
+            }
+            self.client
+                .start()
+                .await
+                .map_err(|e| map_pg_error(&s, "START_REPLICATION", e))?;
+            self.client
+                .wait_started()
+                .await
+                .map_err(|e| map_pg_error(&s, "START_REPLICATION", e))?;
+            Ok::<_, Error>(())
+        };
+        match tokio::time::timeout(s.connect_timeout + Duration::from_secs(5), starting).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::transient(format!(
+                    "postgres {}: START_REPLICATION not answered within {:?}",
+                    s.address(),
+                    s.connect_timeout
+                )))
+            }
+        }
+        Ok(Stream {
+            client: self.client,
+            acked: Lsn::ZERO,
+            status_interval: s.status_interval,
+            system_id: self.system_id,
+            server_lsn: self.server_lsn,
+            timeline: self.timeline,
+            history: self.history,
+        })
+    }
+}
+
 /// Parses a timeline history file: `<parent tli>\t<switchpoint>\t<reason>` per line.
 pub fn parse_history(content: &str) -> Vec<(u32, Lsn)> {
     content
@@ -81,78 +254,9 @@ fn tls_config(s: &SourceSettings) -> Result<pgwire_replication::TlsConfig> {
 
 impl Stream {
     /// Connects, identifies the system and starts replication on the slot. Fails with
-    /// [`Kind::Standby`] when another session holds the slot.
+    /// [`Kind::Standby`](crate::error::Kind) when another session holds the slot.
     pub async fn open(s: &SourceSettings, opts: OpenOptions) -> Result<Self> {
-        let cfg = ReplicationConfig::new(
-            s.host.clone(),
-            s.user.clone(),
-            s.password.expose().to_string(),
-            s.dbname.clone(),
-            s.slot.clone(),
-            s.publication.clone(),
-        )
-        .with_port(s.port)
-        .with_tls(tls_config(s)?)
-        .with_start_lsn(WireLsn::ZERO)
-        .with_status_interval(s.status_interval)
-        .with_wakeup_interval(Duration::from_secs(5))
-        .with_buffer_size(2048)
-        .with_application_name("outbox-relay")
-        // Fixed text forms for timestamps (created_at), whatever the server's defaults.
-        .with_options("-c DateStyle=ISO -c TimeZone=UTC");
-        let opening = async {
-            let mut client = ReplicationClient::connect_gated(cfg)
-                .await
-                .map_err(|e| map_pg_error(s, "connecting for replication", e))?;
-            let ident = client
-                .identify_system()
-                .await
-                .map_err(|e| map_pg_error(s, "IDENTIFY_SYSTEM", e))?;
-            let history = if ident.timeline > 1 {
-                let h = client
-                    .timeline_history(ident.timeline)
-                    .await
-                    .map_err(|e| map_pg_error(s, "TIMELINE_HISTORY", e))?;
-                parse_history(&String::from_utf8_lossy(&h.content))
-            } else {
-                Vec::new()
-            };
-            if opts.enable_failover {
-                client
-                    .simple_query(&format!(
-                        "ALTER_REPLICATION_SLOT {} (FAILOVER true)",
-                        s.slot
-                    ))
-                    .await
-                    .map_err(|e| map_pg_error(s, "ALTER_REPLICATION_SLOT (FAILOVER true)", e))?;
-                tracing::info!(slot = %s.slot, "turned failover on for the replication slot (postgres.failover_slot)");
-            }
-            client
-                .start()
-                .await
-                .map_err(|e| map_pg_error(s, "START_REPLICATION", e))?;
-            client
-                .wait_started()
-                .await
-                .map_err(|e| map_pg_error(s, "START_REPLICATION", e))?;
-            Ok::<_, Error>(Stream {
-                client,
-                acked: Lsn::ZERO,
-                status_interval: s.status_interval,
-                system_id: ident.system_id,
-                server_lsn: Lsn(ident.xlogpos.as_u64()),
-                timeline: ident.timeline,
-                history,
-            })
-        };
-        match tokio::time::timeout(s.connect_timeout + Duration::from_secs(5), opening).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::transient(format!(
-                "postgres {}: replication connection not established within {:?}",
-                s.address(),
-                s.connect_timeout
-            ))),
-        }
+        Gated::connect(s).await?.start(opts).await
     }
 
     /// The next event. A closed stream is a transient error: the session must reconnect.

@@ -12,3 +12,4 @@ mod poison;
 mod security;
 mod service;
 mod ship;
+mod snapshot;
