@@ -373,6 +373,9 @@ impl<'a> Pipeline<'a> {
                 src.slot
             )));
         }
+        self.status
+            .metrics
+            .slot_state(slot.wal_status.as_deref(), slot.safe_wal_size);
         if let Some(restart) = slot.restart_lsn {
             self.status
                 .slot_restart_lsn

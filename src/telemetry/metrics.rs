@@ -48,6 +48,12 @@ pub const SERVER_WAL_LSN: &str = "outbox_relay_server_wal_lsn";
 pub const REPLICATION_LAG: &str = "outbox_relay_replication_lag_bytes";
 /// WAL the slot makes the server keep: `pg_current_wal_lsn() - restart_lsn`.
 pub const SLOT_RETAINED_WAL: &str = "outbox_relay_slot_retained_wal_bytes";
+/// Bytes of WAL that may still be written before the slot is in danger of invalidation
+/// (`pg_replication_slots.safe_wal_size`); 2^63-1 while `max_slot_wal_keep_size` is unbounded.
+pub const SLOT_SAFE_WAL_SIZE: &str = "outbox_relay_slot_safe_wal_size_bytes";
+/// The slot's `wal_status` (label `status`: reserved, extended, unreserved, lost): 1 for the
+/// current one, 0 for the others.
+pub const SLOT_WAL_STATUS: &str = "outbox_relay_slot_wal_status";
 /// Seconds since the last Kafka commit (since start when none yet).
 pub const LAST_COMMIT_AGE: &str = "outbox_relay_last_commit_age_seconds";
 /// Session errors by class (label `class`: transient, standby, fenced, config, invariant, bad_row, internal).
@@ -72,6 +78,8 @@ pub const ALL: &[&str] = &[
     SERVER_WAL_LSN,
     REPLICATION_LAG,
     SLOT_RETAINED_WAL,
+    SLOT_SAFE_WAL_SIZE,
+    SLOT_WAL_STATUS,
     LAST_COMMIT_AGE,
     ERRORS,
     FENCED,
@@ -90,6 +98,14 @@ struct TopicLabel {
 struct ClassLabel {
     class: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WalStatusLabel {
+    status: &'static str,
+}
+
+/// The values of `pg_replication_slots.wal_status`, in order of danger.
+pub const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -111,6 +127,8 @@ pub struct Metrics {
     pub(crate) server_wal_lsn: Gauge,
     pub(crate) lag: Gauge,
     pub(crate) retained: Gauge,
+    safe_wal_size: Gauge,
+    wal_status: Family<WalStatusLabel, Gauge>,
     pub(crate) last_commit_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     errors: Family<ClassLabel, Counter>,
     fenced: Counter,
@@ -164,6 +182,8 @@ impl Metrics {
             server_wal_lsn: Gauge::default(),
             lag: Gauge::default(),
             retained: Gauge::default(),
+            safe_wal_size: Gauge::default(),
+            wal_status: Family::default(),
             last_commit_age: Gauge::default(),
             errors: Family::default(),
             fenced: Counter::default(),
@@ -231,6 +251,16 @@ impl Metrics {
             m.retained.clone(),
         );
         registry.register(
+            SLOT_SAFE_WAL_SIZE,
+            "WAL that may still be written before the slot is in danger of invalidation, in bytes",
+            m.safe_wal_size.clone(),
+        );
+        registry.register(
+            SLOT_WAL_STATUS,
+            "The slot's wal_status: 1 for the current one (reserved, extended, unreserved, lost)",
+            m.wal_status.clone(),
+        );
+        registry.register(
             LAST_COMMIT_AGE,
             "Seconds since the last Kafka commit",
             m.last_commit_age.clone(),
@@ -278,6 +308,24 @@ impl Metrics {
                 for _ in 0..n {
                     self.latency.observe(secs);
                 }
+            }
+        }
+    }
+
+    /// The slot as the last heartbeat saw it: `wal_status` and `safe_wal_size` (`None`: unbounded).
+    pub fn slot_state(&self, wal_status: Option<&str>, safe_wal_size: Option<i64>) {
+        for status in WAL_STATUSES {
+            self.wal_status
+                .get_or_create(&WalStatusLabel { status })
+                .set(i64::from(wal_status == Some(status)));
+        }
+        match safe_wal_size {
+            Some(bytes) => {
+                self.safe_wal_size.set(bytes);
+            }
+            None => {
+                // Unbounded: no danger of invalidation; report as "very large".
+                self.safe_wal_size.set(i64::MAX);
             }
         }
     }
