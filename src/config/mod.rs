@@ -496,7 +496,11 @@ pub struct BatchConfig {
     pub max_events: usize,
     /// Payload bytes per Kafka transaction (same rule as `max_events`).
     pub max_bytes: usize,
-    /// How long an open Kafka transaction waits for more events before it commits, in milliseconds.
+    /// How long an open Kafka transaction may wait for more events before it commits, in milliseconds.
+    /// 0 (the default) commits at the first Postgres commit boundary when no other commit is running
+    /// (group commit: at low load latency is one Kafka transaction; under load the next transaction
+    /// grows while the previous one commits). A larger value trades latency for fewer, bigger Kafka
+    /// transactions at low load.
     pub max_delay_ms: u64,
     /// A Postgres transaction with more events than this is published in consecutive Kafka transactions of
     /// this many events (in order, still exactly once, but not atomically visible). At least 1. Bounds memory.
@@ -511,7 +515,7 @@ impl Default for BatchConfig {
         Self {
             max_events: 5_000,
             max_bytes: 4_194_304,
-            max_delay_ms: 100,
+            max_delay_ms: 0,
             split_events: 50_000,
             idle_checkpoint_ms: 1_000,
         }

@@ -16,7 +16,8 @@
 //! 1. shutdown: drain (commit what is assembled, wait for every decided commit, acknowledge);
 //! 2. a SIGHUP reload: rare and cheap, before the stream, which may always be ready;
 //! 3. a commit returned: acknowledge, then what waited for it is produced;
-//! 4. the open Kafka transaction is old enough (`batch.max_delay_ms`): cut it;
+//! 4. the open Kafka transaction is old enough (`batch.max_delay_ms`, 0 by default: at once when
+//!    no commit runs): cut it;
 //! 5. the stream, when the committer has room (bounded memory);
 //! 6. an idle checkpoint is due (the outbox is idle but WAL moves);
 //! 7. the heartbeat: the SQL connection checks the slot;
