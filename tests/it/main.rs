@@ -1,15 +1,15 @@
 //! Integration tests of outbox-relay against a real Postgres and a real Kafka broker, both started by the
 //! dev harness (`outbox-relay-dev`) once per test binary. One binary (`it`) so the servers start once;
-//! each area of tests is a module.
+//! each file proves one promise, and `support` holds what they share.
 
-mod badconfig;
-mod common;
-mod core;
-mod docs;
-mod faults;
-mod foundation;
-mod poison;
+mod bounded_resources;
+mod clear_failure;
+mod dead_letters;
+mod exactly_once;
+mod harness;
+mod one_writer;
+mod order;
 mod security;
 mod service;
 mod ship;
-mod snapshot;
+mod support;

@@ -1,57 +1,23 @@
-//! Security (issue: TLS and auth) and relay <-> Kafka network faults: Postgres over TLS with
-//! `sslmode = verify-full` and SCRAM, Kafka over SASL_SSL with SCRAM-SHA-512, clear and final failures
-//! (exit 78, no retry storm) on a wrong CA or a wrong password, no secret in anything the relay prints or
-//! serves, connections to Kafka cut and blackholed (through the broker's `PROXIED` listener), and a
-//! topic the relay may not write (ACL) dead-lettered as `topic_not_authorized`.
+//! Security: Postgres over TLS with `sslmode = verify-full` (and libpq's other modes) and SCRAM,
+//! Kafka over SASL_SSL with SCRAM-SHA-512; clear and final failures (exit 78, no retry storm) on a
+//! wrong CA or a wrong password; no secret in anything the relay prints or serves; and the relay's
+//! Postgres role may replicate and read the outbox, nothing more (as `sql/` grants it).
 
 use std::path::Path;
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use outbox_relay_dev::postgres::{current_wal_lsn, slot_info};
 use outbox_relay_dev::{
-    free_port, other_ca, random_suffix, run_cli, shared_servers, verify, write_concurrently, Kafka,
-    Postgres, RelayConfig, RelayProcess,
+    other_ca, random_suffix, shared_servers, wait_until, write_concurrently, Kafka, Postgres,
+    RelayConfig,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pgwire_replication::{ReplicationClient, ReplicationConfig};
 
-use crate::common::{bin, setup, spec, start, topics, READY};
-
-/// Postgres over TLS (`verify-full` against the harness CA, host name `localhost`) and Kafka over
-/// SASL_SSL (SCRAM-SHA-512, the harness CA).
-fn secure(cfg: &mut RelayConfig) {
-    let pg = Postgres::shared();
-    let kafka = Kafka::shared();
-    // No admin server (the default port is shared by every relay of the machine).
-    cfg.set("admin.listen", "");
-    cfg.set("postgres.host", "localhost");
-    cfg.set("postgres.sslmode", "verify-full");
-    cfg.set(
-        "postgres.sslrootcert",
-        pg.ca_path().to_string_lossy().into_owned(),
-    );
-    cfg.set("kafka.bootstrap_servers", kafka.sasl_ssl_bootstrap());
-    cfg.set("kafka.security_protocol", "sasl_ssl");
-    cfg.set("kafka.sasl_mechanism", Kafka::SASL_MECHANISM);
-    cfg.set("kafka.sasl_username", Kafka::SASL_USER);
-    cfg.set("kafka.sasl_password", Kafka::SASL_PASSWORD);
-    cfg.set(
-        "kafka.ssl_ca_location",
-        kafka.ca_path().to_string_lossy().into_owned(),
-    );
-}
-
-/// Waits for the relay to exit; fails if it still runs after `deadline`.
-async fn exit_within(relay: &mut RelayProcess, deadline: Duration) -> Result<ExitStatus> {
-    match relay.wait_exit(deadline).await {
-        Some(s) => Ok(s),
-        None => {
-            let logs = relay.logs();
-            relay.kill9().await?;
-            anyhow::bail!("relay still running after {deadline:?}; logs:\n{logs}")
-        }
-    }
-}
+use crate::support::{
+    cli_on, cli_with, exit_within, scalar_i64, scrape, secure, setup, spawn, spec, start,
+    start_with_env, stop, topics, verdict, wait_published, write_private,
+};
 
 /// Log lines at WARN or ERROR level (text format).
 fn complaints(logs: &str) -> usize {
@@ -66,19 +32,10 @@ async fn postgres_verify_full_and_kafka_sasl_ssl_scram_publish_exactly_once() ->
     let types = ["booking", "car"];
     let (db, mut cfg) = setup(&types).await?;
     secure(&mut cfg);
+    let topics = topics(&cfg, &types);
     let mut relay = start(&cfg).await?;
     let written = write_concurrently(&db, &spec(5_000, &types, &[1, 10, 100], 2)).await?;
-    let received = Kafka::shared()
-        .collect(
-            &topics(&cfg, &types),
-            written.len(),
-            Duration::from_secs(120),
-            true,
-        )
-        .await?;
-    let verdict = verify(&written, &received);
-    eprintln!("postgres verify-full + kafka SASL_SSL SCRAM-SHA-512: {verdict}");
-    verdict.assert_exactly_once();
+    wait_published(&topics, &written, Duration::from_secs(120)).await?;
 
     // Both Postgres sessions of the relay (SQL and replication) are encrypted.
     let client = db.client().await?;
@@ -104,9 +61,10 @@ async fn postgres_verify_full_and_kafka_sasl_ssl_scram_publish_exactly_once() ->
         "a relay session is not encrypted: {sessions:?}"
     );
     ensure!(relay.is_running(), "{}", relay.logs());
-    relay.sigterm()?;
-    let status = exit_within(&mut relay, Duration::from_secs(30)).await?;
-    ensure!(status.success(), "{status:?}\n{}", relay.logs());
+    stop(&mut relay).await?;
+    let verdict = verdict(&topics, &written).await?;
+    eprintln!("postgres verify-full + kafka SASL_SSL SCRAM-SHA-512: {verdict}");
+    verdict.assert_exactly_once();
     Ok(())
 }
 
@@ -118,7 +76,7 @@ async fn postgres_verify_full_with_the_wrong_ca_stops_with_78() -> Result<()> {
     let wrong = other_ca()?;
     cfg.set("postgres.sslrootcert", wrong.to_string_lossy().into_owned());
     let started = Instant::now();
-    let mut relay = RelayProcess::spawn(&bin(), &cfg.to_toml(), &[])?;
+    let mut relay = spawn(&cfg, &[])?;
     let status = exit_within(&mut relay, Duration::from_secs(60)).await?;
     let took = started.elapsed();
     let logs = relay.logs();
@@ -128,7 +86,8 @@ async fn postgres_verify_full_with_the_wrong_ca_stops_with_78() -> Result<()> {
         complaints(&logs)
     );
     ensure!(status.code() == Some(78), "{status:?}\n{logs}");
-    ensure!(!logs.contains(READY), "{logs}");
+    // The log itself: it never reports a started pipeline.
+    ensure!(!logs.contains("outbox-relay started"), "{logs}");
     let lower = logs.to_lowercase();
     ensure!(
         lower.contains("certificate") || lower.contains("tls"),
@@ -153,7 +112,7 @@ async fn kafka_wrong_sasl_password_stops_with_78_naming_broker_and_user() -> Res
     let wrong = format!("wrong-kafka-pw-{}", random_suffix());
     cfg.set("kafka.sasl_password", wrong.as_str());
     let started = Instant::now();
-    let mut relay = RelayProcess::spawn(&bin(), &cfg.to_toml(), &[])?;
+    let mut relay = spawn(&cfg, &[])?;
     let status = exit_within(&mut relay, Duration::from_secs(90)).await?;
     let took = started.elapsed();
     let logs = relay.logs();
@@ -202,30 +161,6 @@ impl Captured {
     }
 }
 
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
-async fn http_get(port: u16, path: &str) -> Result<String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
 /// Runs the relay to its exit (or kills it after `deadline`) and records its output.
 async fn run_to_exit(
     cap: &mut Captured,
@@ -234,7 +169,7 @@ async fn run_to_exit(
     env: &[(&str, &str)],
     deadline: Duration,
 ) -> Result<Option<i32>> {
-    let mut relay = RelayProcess::spawn(&bin(), &cfg.to_toml(), env)?;
+    let mut relay = spawn(cfg, env)?;
     let status = relay.wait_exit(deadline).await;
     if status.is_none() {
         relay.kill9().await?;
@@ -249,15 +184,13 @@ fn status_outputs(
     config: &Path,
     env: &[(&str, &str)],
 ) -> Result<()> {
-    let config = config.to_string_lossy();
-    for args in [
-        vec!["status", "--config", &config],
-        vec!["status", "--config", &config, "--json"],
-        vec!["validate", "--config", &config],
-    ] {
-        let (st, out, err) = run_cli(&bin(), &args, env)?;
-        cap.add(format!("{what}: {args:?} ({st:?}) stdout"), out);
-        cap.add(format!("{what}: {args:?} stderr"), err);
+    for args in [vec!["status"], vec!["status", "--json"], vec!["validate"]] {
+        let out = cli_on(config, &args, env)?;
+        cap.add(
+            format!("{what}: {args:?} ({:?}) stdout", out.status),
+            out.stdout,
+        );
+        cap.add(format!("{what}: {args:?} stderr"), out.stderr);
     }
     Ok(())
 }
@@ -290,43 +223,35 @@ async fn no_secret_in_logs_errors_status_or_metrics() -> Result<()> {
 
     // 1. A good run: Postgres password from the environment, Kafka's from a file; events flow,
     //    /metrics is scraped, status is asked while it runs and after it stopped.
-    let admin_port = free_port();
     let mut good = base.clone();
-    good.set("admin.listen", format!("127.0.0.1:{admin_port}"));
     good.set(
         "kafka.sasl_password_file",
         kafka_file.to_string_lossy().into_owned(),
     );
     let env = [("OUTBOX_RELAY__POSTGRES__PASSWORD", pg_secret.as_str())];
-    let mut relay = RelayProcess::spawn(&bin(), &good.to_toml(), &env)?;
-    relay
-        .wait_for_log(READY, Duration::from_secs(60))
+    let mut relay = start_with_env(&good, &env)
         .await
         .context("relay with secrets from env and file")?;
+    let topics = topics(&good, &types);
     let written = write_concurrently(&db, &spec(1_000, &types, &[1, 10], 1)).await?;
-    let received = Kafka::shared()
-        .collect(
-            &topics(&good, &types),
-            written.len(),
-            Duration::from_secs(60),
-            true,
-        )
-        .await?;
-    verify(&written, &received).assert_exactly_once();
-    let metrics = http_get(admin_port, "/metrics").await?;
-    ensure!(metrics.contains("200 OK"), "{metrics}");
-    cap.add("/metrics", metrics);
-    for path in ["/live", "/ready"] {
-        cap.add(path, http_get(admin_port, path).await?);
+    wait_published(&topics, &written, Duration::from_secs(60)).await?;
+    for path in ["/metrics", "/live", "/ready"] {
+        let (code, body) = relay.get(path).await?;
+        ensure!(code == 200, "{path}: {code} {body}");
+        cap.add(path, body);
     }
     status_outputs(&mut cap, "running", relay.config_path(), &env)?;
+    // A reload logs what it did: wait for it to be counted.
     relay.sighup()?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    relay.sigterm()?;
-    ensure!(
-        relay.wait_exit(Duration::from_secs(30)).await.is_some(),
-        "did not stop"
-    );
+    wait_until(Duration::from_secs(10), "the SIGHUP reload", || async {
+        let reloads = scrape(&relay)
+            .await?
+            .value("outbox_relay_config_reloads_total");
+        Ok((reloads > 0.0).then_some(()))
+    })
+    .await?;
+    stop(&mut relay).await?;
+    verdict(&topics, &written).await?.assert_exactly_once();
     status_outputs(&mut cap, "stopped", relay.config_path(), &env)?;
     cap.add("good run", relay.logs());
 
@@ -336,7 +261,6 @@ async fn no_secret_in_logs_errors_status_or_metrics() -> Result<()> {
         "postgres.password_file",
         wrong_pg_file.to_string_lossy().into_owned(),
     );
-    bad_pg.set("admin.listen", "");
     let env_kafka = [("OUTBOX_RELAY__KAFKA__SASL_PASSWORD", kafka_secret)];
     let code = run_to_exit(
         &mut cap,
@@ -352,8 +276,7 @@ async fn no_secret_in_logs_errors_status_or_metrics() -> Result<()> {
     status_outputs(&mut cap, "wrong postgres password", &p, &env_kafka)?;
 
     // 3. Wrong Kafka password from the environment (Postgres' from the environment too).
-    let mut bad_kafka = base.clone();
-    bad_kafka.set("admin.listen", "");
+    let bad_kafka = base.clone();
     let env_both = [
         ("OUTBOX_RELAY__POSTGRES__PASSWORD", pg_secret.as_str()),
         ("OUTBOX_RELAY__KAFKA__SASL_PASSWORD", wrong_kafka.as_str()),
@@ -396,14 +319,21 @@ async fn no_secret_in_logs_errors_status_or_metrics() -> Result<()> {
     );
     cases.push(("wrong type", c));
     for (what, c) in &cases {
-        let p = dir.path().join(format!("{}.toml", what.replace(' ', "-")));
-        write_private(&p, &c.to_toml())?;
-        let (st, out, err) = run_cli(&bin(), &["validate", "--config", &p.to_string_lossy()], &[])?;
-        cap.add(format!("validate {what} ({st:?})"), format!("{out}{err}"));
-        ensure!(!st.success(), "{what}: validate accepted it: {out}{err}");
-        let (st, out, err) = run_cli(&bin(), &["run", "--config", &p.to_string_lossy()], &[])?;
-        cap.add(format!("run {what} ({st:?})"), format!("{out}{err}"));
-        ensure!(st.code() == Some(78), "{what}: run exit {st:?}: {out}{err}");
+        let out = cli_with(c, &["validate"], &[])?;
+        cap.add(format!("validate {what} ({:?})", out.status), out.text());
+        ensure!(
+            !out.status.success(),
+            "{what}: validate accepted it: {}",
+            out.text()
+        );
+        let out = cli_with(c, &["run"], &[])?;
+        cap.add(format!("run {what} ({:?})", out.status), out.text());
+        ensure!(
+            out.code() == Some(78),
+            "{what}: run exit {:?}: {}",
+            out.status,
+            out.text()
+        );
     }
     // World-readable, with a secret inside: a warning, and still no secret.
     let mut c = base.clone();
@@ -415,14 +345,15 @@ async fn no_secret_in_logs_errors_status_or_metrics() -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))?;
     }
-    let (st, out, err) = run_cli(&bin(), &["validate", "--config", &p.to_string_lossy()], &[])?;
+    let out = cli_on(&p, &["validate"], &[])?;
     cap.add(
-        format!("validate world-readable ({st:?})"),
-        format!("{out}{err}"),
+        format!("validate world-readable ({:?})", out.status),
+        out.text(),
     );
     ensure!(
-        format!("{out}{err}").to_lowercase().contains("readable"),
-        "no warning about a world-readable file with secrets: {out}{err}"
+        out.text().to_lowercase().contains("readable"),
+        "no warning about a world-readable file with secrets: {}",
+        out.text()
     );
 
     let total: usize = cap.0.iter().map(|(_, t)| t.len()).sum();
@@ -434,161 +365,6 @@ async fn no_secret_in_logs_errors_status_or_metrics() -> Result<()> {
     cap.assert_free_of(&secrets)
 }
 
-// ---------------------------------------------------------------------------------------------
-// relay <-> Kafka network faults
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_connections_cut_and_blackholed() -> Result<()> {
-    let _guard = shared_servers().await;
-    let _proxy_user = PROXY_USER.lock().await;
-    let types = ["booking", "car"];
-    let (db, mut cfg) = setup(&types).await?;
-    let kafka = Kafka::shared();
-    let proxy = kafka.proxy();
-    proxy.set_blackhole(false);
-    proxy.set_refuse(false);
-    cfg.set("kafka.bootstrap_servers", kafka.proxied_bootstrap());
-    cfg.set("admin.listen", "");
-    cfg.set("retry.initial_backoff_ms", 100i64);
-    cfg.set("retry.max_backoff_ms", 1_000i64);
-    let mut relay = start(&cfg).await?;
-    let topics = topics(&cfg, &types);
-    let writer = {
-        let db = db.clone();
-        let s = spec(20_000, &types, &[1, 10, 50], 2);
-        tokio::spawn(async move { write_concurrently(&db, &s).await })
-    };
-    let mut cuts = 0;
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        proxy.cut_all();
-        cuts += 1;
-    }
-    // A partition: connections stay open, nothing moves, for longer than a few seconds.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    proxy.set_blackhole(true);
-    tokio::time::sleep(Duration::from_secs(20)).await;
-    proxy.set_blackhole(false);
-    // Then cuts again, while the relay recovers.
-    for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(1_500)).await;
-        proxy.cut_all();
-        cuts += 1;
-    }
-    let written = writer.await??;
-    let received = kafka
-        .collect(&topics, written.len(), Duration::from_secs(180), true)
-        .await?;
-    let verdict = verify(&written, &received);
-    eprintln!(
-        "kafka connections cut x{cuts} and blackholed 20 s: {verdict}; sessions started: {}",
-        relay.logs().matches(READY).count()
-    );
-    verdict.assert_exactly_once();
-    ensure!(relay.is_running(), "relay exited:\n{}", relay.logs());
-    relay.sigterm()?;
-    relay.wait_exit(Duration::from_secs(30)).await;
-    Ok(())
-}
-
-/// The shared Kafka proxy: one test at a time cuts it.
-static PROXY_USER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-// ---------------------------------------------------------------------------------------------
-// authorization
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_for_a_topic_the_relay_may_not_write_are_dead_lettered() -> Result<()> {
-    let _guard = shared_servers().await;
-    let types = ["booking", "secret"];
-    let (db, mut cfg) = setup(&types).await?;
-    secure(&mut cfg);
-    let kafka = Kafka::shared();
-    let dlq = format!("{}.dead_letter", cfg.topic_prefix);
-    kafka.create_topic(&dlq, 1, &[]).await?;
-    cfg.set("errors.dead_letter_topic", dlq.clone());
-    let forbidden = cfg.topic_for("secret");
-    let principal = format!("User:{}", Kafka::SASL_USER);
-    kafka
-        .add_topic_acl(&principal, "WRITE", "DENY", &forbidden)
-        .await?;
-    let mut relay = start(&cfg).await?;
-    let written = write_concurrently(&db, &spec(3_000, &types, &[1, 10], 2)).await?;
-    let (allowed, denied): (Vec<_>, Vec<_>) = written
-        .into_iter()
-        .partition(|w| w.aggregate_type != "secret");
-    let allowed_topic = [cfg.topic_for("booking")];
-    let received = kafka
-        .collect(
-            &allowed_topic,
-            allowed.len(),
-            Duration::from_secs(120),
-            true,
-        )
-        .await?;
-    let dead = kafka
-        .collect(
-            std::slice::from_ref(&dlq),
-            denied.len(),
-            Duration::from_secs(120),
-            true,
-        )
-        .await?;
-    let in_forbidden = kafka
-        .collect_for(
-            std::slice::from_ref(&forbidden),
-            Duration::from_secs(2),
-            false,
-        )
-        .await?;
-    let _ = kafka
-        .remove_topic_acl(&principal, "WRITE", "DENY", &forbidden)
-        .await;
-    let verdict = verify(&allowed, &received);
-    let reasons: std::collections::BTreeMap<String, usize> =
-        dead.iter().fold(Default::default(), |mut m, r| {
-            *m.entry(r.header("dlq_reason").unwrap_or("?").to_string())
-                .or_default() += 1;
-            m
-        });
-    let dead_ids: std::collections::HashSet<&str> =
-        dead.iter().filter_map(|r| r.header("event_id")).collect();
-    eprintln!(
-        "topic not authorized: written {} ({} to the forbidden topic), published {}, dead-lettered {} {reasons:?}; {verdict}",
-        allowed.len() + denied.len(),
-        denied.len(),
-        received.len(),
-        dead.len()
-    );
-    verdict.assert_exactly_once();
-    ensure!(
-        in_forbidden.is_empty(),
-        "records reached the forbidden topic"
-    );
-    ensure!(
-        dead.len() == denied.len() && dead_ids.len() == denied.len(),
-        "dead-lettered {} (distinct {}) of {}",
-        dead.len(),
-        dead_ids.len(),
-        denied.len()
-    );
-    ensure!(
-        denied
-            .iter()
-            .all(|w| dead_ids.contains(w.id.to_string().as_str())),
-        "a denied row is missing from the dead letters"
-    );
-    ensure!(
-        reasons.keys().all(|k| k == "topic_not_authorized"),
-        "{reasons:?}"
-    );
-    ensure!(received.len() + dead.len() == allowed.len() + denied.len());
-    ensure!(relay.is_running(), "{}", relay.logs());
-    relay.sigterm()?;
-    relay.wait_exit(Duration::from_secs(30)).await;
-    Ok(())
-}
-
 /// libpq's other TLS modes on the SQL connection (`validate --connect`): `require` encrypts
 /// without a CA, `verify-ca` checks the chain but not the host name, and a chain from another CA
 /// is refused with exit 78 even in `verify-ca`.
@@ -597,34 +373,94 @@ async fn postgres_require_and_verify_ca_modes() -> Result<()> {
     let _guard = shared_servers().await;
     let (_db, base) = setup(&["booking"]).await?;
     let pg = Postgres::shared();
-    let dir = tempfile::tempdir()?;
     let wrong = other_ca()?;
     let cases: [(&str, Option<&Path>, i32); 3] = [
         ("require", None, 0),
         ("verify-ca", Some(pg.ca_path()), 0),
         ("verify-ca", Some(&wrong), 78),
     ];
-    for (i, (mode, ca, want)) in cases.into_iter().enumerate() {
+    for (mode, ca, want) in cases {
         let mut cfg = base.clone();
         cfg.set("postgres.sslmode", mode);
         if let Some(ca) = ca {
             cfg.set("postgres.sslrootcert", ca.to_string_lossy().into_owned());
         }
-        let path = dir.path().join(format!("relay-{i}.toml"));
-        std::fs::write(&path, cfg.to_toml())?;
-        let (status, out, err) = run_cli(
-            &bin(),
-            &["validate", "--connect", "--config", &path.to_string_lossy()],
-            &[],
-        )?;
-        let text = format!("{out}{err}");
+        let out = cli_with(&cfg, &["validate", "--connect"], &[])?;
+        let text = out.text();
         ensure!(
-            status.code() == Some(want),
-            "sslmode {mode} (CA {ca:?}): exit {status:?}, want {want}: {text}"
+            out.code() == Some(want),
+            "sslmode {mode} (CA {ca:?}): exit {:?}, want {want}: {text}",
+            out.status
         );
         if want == 78 {
             ensure!(text.to_lowercase().contains("certificate"), "{text}");
         }
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_relay_role_may_replicate_and_read_the_outbox_and_nothing_more() -> Result<()> {
+    let _g = shared_servers().await;
+    let pg = Postgres::shared();
+    let db = pg.new_database().await?;
+    let admin = db.client().await?;
+    let role = admin
+        .query_one(
+            "SELECT rolsuper, rolreplication, rolcanlogin FROM pg_roles WHERE rolname='outbox_relay'",
+            &[],
+        )
+        .await?;
+    let attrs: (bool, bool, bool) = (role.get(0), role.get(1), role.get(2));
+    assert_eq!(
+        attrs,
+        (false, true, true),
+        "outbox_relay: not superuser, replication, login"
+    );
+
+    // A replication session as outbox_relay (SCRAM over TCP), the way the relay connects.
+    let mut cfg = ReplicationConfig::default();
+    cfg.host = pg.host().to_string();
+    cfg.port = pg.port();
+    cfg.user = Postgres::RELAY_USER.to_string();
+    cfg.password = Postgres::RELAY_PASSWORD.to_string();
+    cfg.database = db.name.clone();
+    let mut repl = ReplicationClient::connect_gated(cfg).await?;
+    let ident = repl.identify_system().await?;
+    assert_eq!(ident.dbname.as_deref(), Some(db.name.as_str()));
+    let slot = format!("s_{}", random_suffix());
+    repl.simple_query(&format!(
+        "CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput"
+    ))
+    .await
+    .context("the relay role may create a logical slot")?;
+    let info = slot_info(&admin, &slot).await?.context("slot exists")?;
+    assert!(info.active, "{info:?}");
+    assert!(current_wal_lsn(&admin).await? >= info.confirmed_flush_lsn.unwrap_or_default());
+    drop(repl);
+
+    let relay = db.relay_client().await?;
+    scalar_i64(&relay, "SELECT count(*) FROM public.outbox").await?;
+    admin
+        .batch_execute("CREATE TABLE public.secret (x int); INSERT INTO public.secret VALUES (1)")
+        .await?;
+    let err = relay
+        .query("SELECT * FROM public.secret", &[])
+        .await
+        .expect_err("outbox_relay must not read other tables");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{err}"
+    );
+    let err = relay
+        .query("SELECT outbox_write('a', 'b', 'c', '{}')", &[])
+        .await
+        .expect_err("outbox_relay must not write the outbox");
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "{err}"
+    );
     Ok(())
 }

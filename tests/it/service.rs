@@ -1,10 +1,8 @@
-//! Running the relay as a service (issue 5), against the real servers: the systemd unit (verify,
-//! sandbox exposure), sd_notify (READY, WATCHDOG, STOPPING, a stalled loop going silent), the admin
-//! endpoints (/metrics before and after a burst, /ready through standby, takeover and drain), the
-//! alert rules and dashboard naming only exported metrics, SIGHUP under load (exactly once; a
-//! refused change keeps the old config), and the `status` subcommand in both formats.
-//!
-//! Self-contained helpers (HTTP GET, metric parsing, a notify socket) live at the bottom.
+//! Running the relay as a service: the systemd unit (verify, sandbox exposure), sd_notify (READY,
+//! WATCHDOG, STOPPING, a stalled loop going silent), the admin endpoints (/metrics before and after
+//! a burst, /ready through standby, takeover and drain), the alert rules and dashboard naming only
+//! exported metrics, SIGHUP under load (exactly once; a refused change keeps the old config), the
+//! `status` and `validate --connect` subcommands, and the log formats.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -12,58 +10,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use outbox_relay_dev::postgres::slot_info;
-use outbox_relay_dev::relay::find_relay_bin;
 use outbox_relay_dev::{
-    free_port, repo_root, run_cli, shared_servers, verify, wait_until, write_concurrently, Kafka,
-    Postgres, RelayConfig, RelayProcess, TestDb, WriteSpec,
+    free_port, repo_root, shared_servers, wait_until, write_concurrently, Kafka, Lsn, Postgres,
+    RelayConfig,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const READY: &str = "outbox-relay started";
-
-fn bin() -> PathBuf {
-    std::env::var_os("CARGO_BIN_EXE_outbox-relay")
-        .map(PathBuf::from)
-        .or_else(|| option_env!("CARGO_BIN_EXE_outbox-relay").map(PathBuf::from))
-        .unwrap_or_else(|| find_relay_bin().expect("relay binary"))
-}
-
-/// A database, a config with its own slot, topics and admin port, and the topics created.
-async fn setup(types: &[&str]) -> Result<(TestDb, RelayConfig, u16)> {
-    let pg = Postgres::shared();
-    let kafka = Kafka::shared();
-    let db = pg.new_database().await?;
-    let mut cfg = RelayConfig::new(pg, &db, kafka);
-    let port = free_port();
-    cfg.set("admin.listen", format!("127.0.0.1:{port}"));
-    cfg.create_topics(kafka, types, 3).await?;
-    Ok((db, cfg, port))
-}
-
-fn topics(cfg: &RelayConfig, types: &[&str]) -> Vec<String> {
-    types.iter().map(|t| cfg.topic_for(t)).collect()
-}
-
-fn spec(total: usize, types: &[&str], writers: usize) -> WriteSpec {
-    WriteSpec {
-        writers,
-        total,
-        txn_sizes: vec![1, 10, 100],
-        keys_per_writer: 50,
-        aggregate_types: types.iter().map(|s| s.to_string()).collect(),
-        payload_bytes: 200,
-        batched: true,
-    }
-}
-
-async fn spawn_ready(cfg: &RelayConfig, env: &[(&str, &str)]) -> Result<RelayProcess> {
-    let mut relay = RelayProcess::spawn(&bin(), &cfg.to_toml(), env)?;
-    relay
-        .wait_for_log(READY, Duration::from_secs(60))
-        .await
-        .context("relay did not become ready")?;
-    Ok(relay)
-}
+use crate::support::{
+    bin, cli_on, cli_with, fresh, scrape, setup, spawn, spec, start, stop, topics, verdict,
+    wait_published, wait_standing_by, write_private, READY_WITHIN,
+};
 
 // ---------------------------------------------------------------------------------------------
 // systemd unit
@@ -118,16 +73,8 @@ fn systemd_unit_verifies_and_its_exposure_is_at_most_2() -> Result<()> {
     ensure!(figure <= 2.0, "exposure {figure} > 2.0: {line}");
 
     // The example config is valid, and the unit's restart policy matches the exit codes.
-    let (status, out, err) = run_cli(
-        &bin,
-        &[
-            "validate",
-            "--config",
-            &root.join("systemd/outbox-relay.toml").to_string_lossy(),
-        ],
-        &[],
-    )?;
-    ensure!(status.success(), "example config: {out}{err}");
+    let out = cli_on(&root.join("systemd/outbox-relay.toml"), &["validate"], &[])?;
+    ensure!(out.status.success(), "example config: {}", out.text());
     ensure!(unit.contains("RestartPreventExitStatus=78 65 70"));
     ensure!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
     Ok(())
@@ -141,31 +88,24 @@ async fn sd_notify_ready_watchdog_stopping_and_a_stalled_loop_goes_silent() -> R
     let _guard = shared_servers().await;
     let types = ["booking"];
 
-    // A healthy relay: READY=1 after the readiness log, WATCHDOG=1 while running (idle too),
+    // A healthy relay: READY=1 once /ready answers 200, WATCHDOG=1 while running (idle too),
     // STOPPING=1 on SIGTERM.
-    let (_db, cfg, _port) = setup(&types).await?;
+    let (_db, cfg) = setup(&types).await?;
     let mut sock = NotifySocket::new()?;
     let env = sock.env(1_000_000);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut relay = RelayProcess::spawn(&bin(), &cfg.to_toml(), &env)?;
+    let mut relay = spawn(&cfg, &env)?;
     let ready = sock.wait_for("READY=1", Duration::from_secs(60)).await?;
+    let (code, body) = relay.get("/ready").await?;
     ensure!(
-        relay.logs().contains(READY),
-        "READY=1 before the readiness log: {ready}"
+        code == 200,
+        "READY=1 ({ready}) while /ready answers {code} {body}"
     );
-    // Idle and healthy: at least 3 pings in 3 s (interval 1 s / 4).
+    // Idle and healthy: at least 3 pings within 3 s (interval 1 s / 4).
     sock.drain();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let pings = sock
-        .drain()
-        .iter()
-        .filter(|m| m.contains("WATCHDOG=1"))
-        .count();
-    ensure!(
-        pings >= 3,
-        "only {pings} WATCHDOG=1 in 3 s\n{}",
-        relay.logs()
-    );
+    sock.wait_for_count("WATCHDOG=1", 3, Duration::from_secs(3))
+        .await
+        .with_context(|| relay.logs())?;
     relay.sigterm()?;
     sock.wait_for("STOPPING=1", Duration::from_secs(10)).await?;
     let status = relay
@@ -176,13 +116,13 @@ async fn sd_notify_ready_watchdog_stopping_and_a_stalled_loop_goes_silent() -> R
 
     // A relay whose loop stops turning 2 s after it started (test hook): pings stop, /ready then
     // flips to 503 on SIGTERM (draining), STOPPING=1 is sent, and the drain deadline ends it.
-    let (_db2, mut cfg2, port2) = setup(&types).await?;
+    let (_db2, mut cfg2) = setup(&types).await?;
     cfg2.set("shutdown.drain_timeout_ms", 3000i64);
     let mut sock2 = NotifySocket::new()?;
     let mut env2 = sock2.env(1_000_000);
     env2.push(("OUTBOX_RELAY_TEST_STALL_AFTER_READY", "2".to_string()));
     let env2: Vec<(&str, &str)> = env2.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut stalled = RelayProcess::spawn(&bin(), &cfg2.to_toml(), &env2)?;
+    let mut stalled = spawn(&cfg2, &env2)?;
     sock2.wait_for("READY=1", Duration::from_secs(60)).await?;
     sock2
         .wait_for("WATCHDOG=1", Duration::from_secs(5))
@@ -191,29 +131,29 @@ async fn sd_notify_ready_watchdog_stopping_and_a_stalled_loop_goes_silent() -> R
     stalled
         .wait_for_log("test hook", Duration::from_secs(10))
         .await?;
-    // Give the forwarder one interval to notice, then expect silence for 3 s.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    sock2.drain();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let late: Vec<String> = sock2
-        .drain()
-        .into_iter()
-        .filter(|m| m.contains("WATCHDOG=1"))
-        .collect();
-    ensure!(
-        late.is_empty(),
-        "a stalled pipeline still fed the watchdog: {late:?}\n{}",
-        stalled.logs()
-    );
+    // The forwarder notices within an interval: then 3 s without a ping, within 10 s.
+    sock2
+        .wait_for_silence(
+            "WATCHDOG=1",
+            Duration::from_secs(3),
+            Duration::from_secs(10),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "a stalled pipeline still fed the watchdog\n{}",
+                stalled.logs()
+            )
+        })?;
     ensure!(stalled
         .logs()
         .contains("no longer feeding the systemd watchdog"));
-    ensure!(http_get(port2, "/live").await?.0 == 200);
+    ensure!(stalled.get("/live").await?.0 == 200);
     stalled.sigterm()?;
     sock2
         .wait_for("STOPPING=1", Duration::from_secs(10))
         .await?;
-    let (code, body) = http_get(port2, "/ready").await?;
+    let (code, body) = stalled.get("/ready").await?;
     ensure!(
         code == 503 && body.contains("draining"),
         "/ready while draining: {code} {body}"
@@ -233,40 +173,29 @@ async fn sd_notify_ready_watchdog_stopping_and_a_stalled_loop_goes_silent() -> R
 async fn metrics_move_with_a_burst_and_ready_follows_standby_takeover_and_drain() -> Result<()> {
     let _guard = shared_servers().await;
     let types = ["booking", "car"];
-    let (db, cfg, port) = setup(&types).await?;
-    let mut a = spawn_ready(&cfg, &[]).await?;
-    ensure!(http_get(port, "/live").await?.0 == 200);
-    wait_until(Duration::from_secs(10), "/ready 200", || async {
-        Ok((http_get(port, "/ready").await?.0 == 200).then_some(()))
-    })
-    .await?;
-    let before = scrape(port).await?;
+    let (db, cfg) = setup(&types).await?;
+    let topics = topics(&cfg, &types);
+    let mut a = start(&cfg).await?;
+    ensure!(a.get("/live").await?.0 == 200);
+    let before = scrape(&a).await?;
     ensure!(before.value("outbox_relay_ready") == 1.0);
-    ensure!(before.sum("outbox_relay_events_published_total") == 0.0);
+    ensure!(before.value("outbox_relay_events_published_total") == 0.0);
 
     let n = 3000;
-    let written = write_concurrently(&db, &spec(n, &types, 2)).await?;
-    let received = Kafka::shared()
-        .collect(
-            &topics(&cfg, &types),
-            written.len(),
-            Duration::from_secs(120),
-            true,
-        )
-        .await?;
-    verify(&written, &received).assert_exactly_once();
+    let written = write_concurrently(&db, &spec(n, &types, &[1, 10, 100], 2)).await?;
+    wait_published(&topics, &written, Duration::from_secs(120)).await?;
     // Counters count committed events exactly; the lag returns to (near) zero once drained.
     let after = wait_until(Duration::from_secs(30), "metrics settle", || async {
-        let m = scrape(port).await?;
+        let m = scrape(&a).await?;
         let lag = m.value("outbox_relay_replication_lag_bytes");
         Ok(
-            (m.sum("outbox_relay_events_published_total") == n as f64 && lag < 1_000_000.0)
+            (m.value("outbox_relay_events_published_total") == n as f64 && lag < 1_000_000.0)
                 .then_some(m),
         )
     })
     .await?;
     println!("/metrics after {n} events:\n{}", after.text);
-    for t in topics(&cfg, &types) {
+    for t in &topics {
         ensure!(
             after.get(
                 "outbox_relay_events_published_total",
@@ -289,7 +218,7 @@ async fn metrics_move_with_a_burst_and_ready_follows_standby_takeover_and_drain(
     ensure!(after.value("outbox_relay_kafka_transaction_events_sum") == n as f64);
     ensure!(after.value("outbox_relay_last_commit_age_seconds") < 30.0);
     wait_until(Duration::from_secs(30), "retained WAL gauge", || async {
-        let m = scrape(port).await?;
+        let m = scrape(&a).await?;
         Ok((m.value("outbox_relay_slot_retained_wal_bytes") > 0.0).then_some(()))
     })
     .await?;
@@ -301,36 +230,25 @@ async fn metrics_move_with_a_burst_and_ready_follows_standby_takeover_and_drain(
 
     // A second relay on the same slot stands by: live, not ready.
     let mut cfg_b = cfg.clone();
-    let port_b = free_port();
-    cfg_b.set("admin.listen", format!("127.0.0.1:{port_b}"));
-    let mut b = RelayProcess::spawn(&bin(), &cfg_b.to_toml(), &[])?;
-    b.wait_for_log("standing by", Duration::from_secs(60))
-        .await?;
+    cfg_b.new_admin_port();
+    let mut b = spawn(&cfg_b, &[])?;
+    wait_standing_by(&mut b).await?;
     wait_until(Duration::from_secs(10), "standby metrics", || async {
-        let m = scrape(port_b).await?;
+        let m = scrape(&b).await?;
         Ok((m.value("outbox_relay_standby") == 1.0).then_some(m))
     })
     .await?;
-    ensure!(http_get(port_b, "/live").await?.0 == 200);
-    let (code, body) = http_get(port_b, "/ready").await?;
-    ensure!(code == 503 && body.contains("standing by"), "{code} {body}");
+    ensure!(b.get("/live").await?.0 == 200);
 
     // The active one stops: the standby takes over and becomes ready.
-    a.sigterm()?;
-    ensure!(a
-        .wait_exit(Duration::from_secs(30))
+    stop(&mut a).await?;
+    b.wait_ready(READY_WITHIN)
         .await
-        .is_some_and(|s| s.success()));
-    wait_until(
-        Duration::from_secs(60),
-        "standby ready after takeover",
-        || async { Ok((http_get(port_b, "/ready").await?.0 == 200).then_some(())) },
-    )
-    .await?;
-    let m = scrape(port_b).await?;
+        .context("standby ready after takeover")?;
+    let m = scrape(&b).await?;
     ensure!(m.value("outbox_relay_standby") == 0.0 && m.value("outbox_relay_ready") == 1.0);
-    b.sigterm()?;
-    ensure!(b.wait_exit(Duration::from_secs(30)).await.is_some());
+    stop(&mut b).await?;
+    verdict(&topics, &written).await?.assert_exactly_once();
     Ok(())
 }
 
@@ -354,9 +272,10 @@ async fn alert_rules_and_dashboard_name_only_exported_metrics() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let (_db, cfg, port) = setup(&["booking"]).await?;
-    let _relay = spawn_ready(&cfg, &[]).await?;
-    let exported = scrape(port).await?.sample_names();
+    let (_db, cfg) = setup(&["booking"]).await?;
+    let mut relay = start(&cfg).await?;
+    let exported = scrape(&relay).await?.sample_names();
+    stop(&mut relay).await?;
 
     let rules_text = std::fs::read_to_string(&rules)?;
     let used = metric_names(&rules_text);
@@ -449,17 +368,17 @@ async fn sighup_under_load_applies_batch_limits_refuses_slot_change_and_loses_no
 {
     let _guard = shared_servers().await;
     let types = ["booking", "car"];
-    let (db, mut cfg, port) = setup(&types).await?;
-    let mut relay = spawn_ready(&cfg, &[]).await?;
+    let (db, mut cfg) = setup(&types).await?;
+    let topics = topics(&cfg, &types);
+    let mut relay = start(&cfg).await?;
     let writer = {
-        let spec = spec(40_000, &types, 2);
+        let spec = spec(40_000, &types, &[1, 10, 100], 2);
         let db = db.clone();
         tokio::spawn(async move { write_concurrently(&db, &spec).await })
     };
-    let kafka = Kafka::shared();
     wait_until(Duration::from_secs(60), "events flowing", || async {
-        let m = scrape(port).await?;
-        Ok((m.sum("outbox_relay_events_published_total") > 500.0).then_some(()))
+        let m = scrape(&relay).await?;
+        Ok((m.value("outbox_relay_events_published_total") > 500.0).then_some(()))
     })
     .await?;
 
@@ -526,21 +445,13 @@ async fn sighup_under_load_applies_batch_limits_refuses_slot_change_and_loses_no
     );
 
     let written = writer.await??;
-    let received = kafka
-        .collect(
-            &topics(&cfg, &types),
-            written.len(),
-            Duration::from_secs(180),
-            true,
-        )
-        .await?;
-    verify(&written, &received).assert_exactly_once();
+    wait_published(&topics, &written, Duration::from_secs(180)).await?;
     ensure!(relay.is_running(), "relay stopped: {}", relay.logs());
-    let m = scrape(port).await?;
+    let m = scrape(&relay).await?;
     ensure!(m.get("outbox_relay_config_reloads_total", "result=\"applied\"") == 3.0);
     ensure!(m.get("outbox_relay_config_reloads_total", "result=\"refused\"") == 1.0);
     ensure!(m.get("outbox_relay_config_reloads_total", "result=\"failed\"") == 2.0);
-    ensure!(m.sum("outbox_relay_events_published_total") == written.len() as f64);
+    ensure!(m.value("outbox_relay_events_published_total") == written.len() as f64);
     // Still on the original slot.
     let client = db.client().await?;
     let slot = slot_info(&client, &original_slot)
@@ -548,27 +459,23 @@ async fn sighup_under_load_applies_batch_limits_refuses_slot_change_and_loses_no
         .context("original slot")?;
     ensure!(slot.active, "the original slot is no longer streamed");
     ensure!(slot_info(&client, "some_other_slot").await?.is_none());
+    stop(&mut relay).await?;
+    verdict(&topics, &written).await?.assert_exactly_once();
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
 // status
 
+/// In the compatibility set: `status`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_prints_slot_and_checkpoint_in_text_and_json_without_secrets() -> Result<()> {
     let _guard = shared_servers().await;
     let types = ["booking"];
-    let (db, cfg, _port) = setup(&types).await?;
-    let mut relay = spawn_ready(&cfg, &[]).await?;
-    let written = write_concurrently(&db, &spec(500, &types, 1)).await?;
-    Kafka::shared()
-        .collect(
-            &topics(&cfg, &types),
-            written.len(),
-            Duration::from_secs(60),
-            true,
-        )
-        .await?;
+    let (db, cfg) = setup(&types).await?;
+    let mut relay = start(&cfg).await?;
+    let written = write_concurrently(&db, &spec(500, &types, &[1, 10, 100], 1)).await?;
+    wait_published(&topics(&cfg, &types), &written, Duration::from_secs(60)).await?;
     let config = relay.config_path().to_path_buf();
 
     // While the relay runs: the slot is held by an outbox-relay; confirmed <= checkpoint.
@@ -590,11 +497,7 @@ async fn status_prints_slot_and_checkpoint_in_text_and_json_without_secrets() ->
     ensure!(j["lag_bytes"].is_u64() && j["slot"]["retained_wal_bytes"].is_u64());
 
     // Stopped: the checkpoint equals what the drain logged, and the slot is acknowledged to it.
-    relay.sigterm()?;
-    ensure!(relay
-        .wait_exit(Duration::from_secs(30))
-        .await
-        .is_some_and(|s| s.success()));
+    stop(&mut relay).await?;
     let drained = relay
         .logs()
         .lines()
@@ -625,19 +528,16 @@ async fn status_prints_slot_and_checkpoint_in_text_and_json_without_secrets() ->
     ensure!(j["held_by_relay"] == false && j["slot_held"] == false);
 
     // Text form: the same facts, no secret.
-    let (st, out, err) = run_cli(
-        &bin(),
-        &["status", "--config", &config.to_string_lossy()],
-        &[],
-    )?;
-    ensure!(st.success(), "{out}{err}");
+    let status = cli_on(&config, &["status"], &[])?;
+    let (out, err) = (&status.stdout, &status.stderr);
+    ensure!(status.status.success(), "{out}{err}");
     ensure!(out.contains(&format!("slot {}", cfg.slot)), "{out}");
     ensure!(
         out.contains(&format!("resume_lsn:            {drained}")),
         "{out}"
     );
     ensure!(out.contains("relay holding the slot:  no"), "{out}");
-    for text in [&out, &err] {
+    for text in [out, err] {
         ensure!(
             !text.contains(Postgres::RELAY_PASSWORD),
             "a secret was printed"
@@ -665,135 +565,82 @@ async fn status_prints_slot_and_checkpoint_in_text_and_json_without_secrets() ->
     Ok(())
 }
 
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())?;
-    Ok(())
-}
-
 fn status_json(config: &Path) -> Result<serde_json::Value> {
-    let (st, out, err) = run_cli(
-        &bin(),
-        &["status", "--config", &config.to_string_lossy(), "--json"],
-        &[],
-    )?;
-    ensure!(st.success(), "status --json: {st:?} {out}{err}");
+    let status = cli_on(config, &["status", "--json"], &[])?;
+    let (out, err) = (&status.stdout, &status.stderr);
+    ensure!(
+        status.status.success(),
+        "status --json: {:?} {out}{err}",
+        status.status
+    );
     ensure!(!out.contains(Postgres::RELAY_PASSWORD) && !err.contains(Postgres::RELAY_PASSWORD));
-    serde_json::from_str(&out).with_context(|| format!("status --json output: {out}"))
+    serde_json::from_str(out).with_context(|| format!("status --json output: {out}"))
 }
 
-fn lsn(s: &str) -> Result<outbox_relay_dev::Lsn> {
+fn lsn(s: &str) -> Result<Lsn> {
     Ok(s.parse()?)
 }
 
+/// In the compatibility set: `validate --connect`. On a good configuration it says what it
+/// found: before the first start the slot and the checkpoint topic are still to be created (and
+/// a missing dead-letter topic is a warning, not an error); once they exist, it shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_connect_reports_the_slot_and_topics_it_found() -> Result<()> {
+    let _guard = shared_servers().await;
+    let (_db, mut cfg) = fresh().await?;
+    let dead_letter = format!("{}.missing_dead_letter", cfg.topic_prefix);
+    cfg.set("errors.on_error", "dead_letter");
+    cfg.set("errors.dead_letter_topic", dead_letter.as_str());
+
+    let out = cli_with(&cfg, &["validate", "--connect"], &[])?;
+    let (code, text) = (out.code(), out.text());
+    ensure!(code == Some(0), "exit {code:?}: {text}");
+    for needle in [
+        format!(
+            "slot {:?} does not exist yet; the relay will create it",
+            cfg.slot
+        ),
+        format!(
+            "checkpoint topic {:?} does not exist yet; the relay will create it",
+            cfg.checkpoint_topic
+        ),
+        format!("warning: dead-letter topic {dead_letter:?} does not exist"),
+        "both servers are ready".to_string(),
+    ] {
+        ensure!(text.contains(&needle), "wanted {needle:?} in: {text}");
+    }
+
+    // Now the slot and the checkpoint topic exist.
+    let db = cfg
+        .get("postgres.dbname")
+        .and_then(|v| v.as_str())
+        .context("db")?
+        .to_string();
+    let admin = Postgres::shared().admin(&db).await?;
+    admin
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&cfg.slot],
+        )
+        .await?;
+    cfg.create_checkpoint_topic(Kafka::shared()).await?;
+    let out = cli_with(&cfg, &["validate", "--connect"], &[])?;
+    let (code, text) = (out.code(), out.text());
+    ensure!(code == Some(0), "exit {code:?}: {text}");
+    for needle in [
+        format!("slot {:?} exists (confirmed_flush_lsn", cfg.slot),
+        format!("checkpoint topic {:?} exists", cfg.checkpoint_topic),
+    ] {
+        ensure!(text.contains(&needle), "wanted {needle:?} in: {text}");
+    }
+    admin
+        .execute("SELECT pg_drop_replication_slot($1)", &[&cfg.slot])
+        .await?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
-// helpers: HTTP, metrics, notify socket
-
-/// GET over a fresh connection; (status code, body). Only for the test's own loopback requests.
-async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .context("status line")?
-        .parse()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
-}
-
-/// A parsed scrape.
-struct Scrape {
-    text: String,
-    samples: Vec<(String, String, f64)>,
-}
-
-async fn scrape(port: u16) -> Result<Scrape> {
-    let (code, text) = http_get(port, "/metrics").await?;
-    if code != 200 {
-        bail!("/metrics answered {code}");
-    }
-    let mut samples = Vec::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (series, value) = line.rsplit_once(' ').context("sample line")?;
-        let (name, labels) = match series.split_once('{') {
-            Some((n, l)) => (n, l.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        samples.push((name.to_string(), labels.to_string(), value.parse()?));
-    }
-    Ok(Scrape { text, samples })
-}
-
-impl Scrape {
-    fn sum(&self, name: &str) -> f64 {
-        self.samples
-            .iter()
-            .filter(|(n, _, _)| n == name)
-            .map(|(_, _, v)| v)
-            .sum()
-    }
-    fn value(&self, name: &str) -> f64 {
-        self.sum(name)
-    }
-    fn get(&self, name: &str, label: &str) -> f64 {
-        self.samples
-            .iter()
-            .filter(|(n, l, _)| n == name && l.contains(label))
-            .map(|(_, _, v)| v)
-            .sum()
-    }
-    /// Sample names the relay exports, including those of families without samples yet
-    /// (labelled counters before their first increment), from the `# TYPE` lines.
-    fn sample_names(&self) -> BTreeSet<String> {
-        let mut out: BTreeSet<String> = self.samples.iter().map(|(n, _, _)| n.clone()).collect();
-        for line in self.text.lines() {
-            let Some(rest) = line.strip_prefix("# TYPE ") else {
-                continue;
-            };
-            let mut parts = rest.split_whitespace();
-            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            match kind {
-                "counter" => {
-                    out.insert(format!("{name}_total"));
-                }
-                "histogram" => {
-                    for s in ["_bucket", "_sum", "_count"] {
-                        out.insert(format!("{name}{s}"));
-                    }
-                }
-                "info" => {
-                    out.insert(format!("{name}_info"));
-                }
-                _ => {
-                    out.insert(name.to_string());
-                }
-            }
-        }
-        out
-    }
-}
+// helpers: a notify socket
 
 /// A `NOTIFY_SOCKET` of the test's own: a datagram socket that records what the relay sends.
 struct NotifySocket {
@@ -833,6 +680,57 @@ impl NotifySocket {
         out
     }
 
+    /// Waits until `n` messages holding the line `needle` arrived (from now on).
+    async fn wait_for_count(&mut self, needle: &str, n: usize, deadline: Duration) -> Result<()> {
+        let start = Instant::now();
+        let mut count = 0;
+        loop {
+            count += self
+                .drain()
+                .iter()
+                .filter(|m| m.lines().any(|l| l == needle))
+                .count();
+            if count >= n {
+                return Ok(());
+            }
+            if start.elapsed() > deadline {
+                bail!("only {count} of {n} {needle} within {deadline:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until no message holding the line `needle` arrived for `quiet`; fails if they keep
+    /// coming past `deadline`.
+    async fn wait_for_silence(
+        &mut self,
+        needle: &str,
+        quiet: Duration,
+        deadline: Duration,
+    ) -> Result<()> {
+        let start = Instant::now();
+        let mut last = Instant::now();
+        let mut seen = 0;
+        loop {
+            let n = self
+                .drain()
+                .iter()
+                .filter(|m| m.lines().any(|l| l == needle))
+                .count();
+            if n > 0 {
+                seen += n;
+                last = Instant::now();
+            }
+            if last.elapsed() >= quiet {
+                return Ok(());
+            }
+            if start.elapsed() > deadline {
+                bail!("{seen} {needle} in {deadline:?}, never {quiet:?} without one");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits for a message containing `needle`; returns it.
     async fn wait_for(&mut self, needle: &str, deadline: Duration) -> Result<String> {
         let start = Instant::now();
@@ -857,19 +755,16 @@ impl NotifySocket {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_parse_line_by_line_and_journald_text_has_no_timestamp() -> Result<()> {
     let _guard = shared_servers().await;
-    let pg = Postgres::shared();
-    let db = pg.new_database().await?;
-    let mut cfg = RelayConfig::new(pg, &db, Kafka::shared());
+    let (_db, mut cfg) = fresh().await?;
     // Postgres unreachable: a few logged retries, then exit 69. Enough log lines, no servers.
     cfg.set("postgres.port", i64::from(free_port()));
-    cfg.set("admin.listen", "");
     cfg.set("retry.initial_backoff_ms", 100i64);
     cfg.set("retry.max_backoff_ms", 200i64);
     cfg.set("retry.max_elapsed_ms", 1_000i64);
 
     // Runs the relay until it gives up (exit 69) and returns what it logged.
     async fn logs_until_exit_69(cfg: &RelayConfig, env: &[(&str, &str)]) -> Result<String> {
-        let mut relay = RelayProcess::spawn(&bin(), &cfg.to_toml(), env)?;
+        let mut relay = spawn(cfg, env)?;
         let status = relay
             .wait_exit(Duration::from_secs(60))
             .await

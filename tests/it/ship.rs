@@ -1,5 +1,7 @@
-//! Shipping (issue 7): docker-compose.yml and the Dockerfile checked statically (no Docker engine on our
-//! machines), and the demo run end to end against the harness servers.
+//! What ships with the relay holds: docker-compose.yml and the Dockerfile checked statically (no
+//! Docker engine on our machines), the demo run end to end, the README's configuration reference
+//! (every key the relay accepts documented, nothing else, and a valid config itself), and `sql/`
+//! (applies twice, an insert-only publication, `outbox_write`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -8,14 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use outbox_relay::config::{Config, ENV_PREFIX};
+use outbox_relay_dev::{repo_root, shared_servers, write_batched, write_txn, NewEvent, Postgres};
 use yaml_rust2::{Yaml, YamlLoader};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::support::scalar_i64;
 
 fn compose() -> Result<Yaml> {
-    let path = repo().join("docker-compose.yml");
+    let path = repo_root().join("docker-compose.yml");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     let mut docs = YamlLoader::load_from_str(&text).context("docker-compose.yml does not parse")?;
@@ -192,7 +193,7 @@ fn compose_servers_are_set_up_for_the_relay() -> Result<()> {
             .is_some_and(|t| t.starts_with("/docker-entrypoint-initdb.d/")),
         "init script target {init_target:?}"
     );
-    for f in std::fs::read_dir(repo().join("sql"))? {
+    for f in std::fs::read_dir(repo_root().join("sql"))? {
         let f = f?.path();
         ensure!(
             f.extension().is_some_and(|e| e == "sql"),
@@ -284,7 +285,7 @@ fn compose_relay_environment_is_valid_config() -> Result<()> {
 
 /// The Dockerfile's stages, as (name, base image, instructions).
 fn dockerfile_stages() -> Result<Vec<(String, String, Vec<String>)>> {
-    let text = std::fs::read_to_string(repo().join("Dockerfile"))?;
+    let text = std::fs::read_to_string(repo_root().join("Dockerfile"))?;
     // Join continuation lines, drop comments.
     let mut lines = Vec::new();
     let mut cur = String::new();
@@ -371,7 +372,7 @@ fn dockerfile_builds_with_rust_and_runs_slim_as_non_root() -> Result<()> {
     ensure!(image == "debian:bookworm-slim");
     let all = instrs.join("\n");
     ensure!(all.contains("ENTRYPOINT [\"/usr/local/bin/outbox-relay\"]"));
-    let ignore = std::fs::read_to_string(repo().join(".dockerignore"))?;
+    let ignore = std::fs::read_to_string(repo_root().join(".dockerignore"))?;
     ensure!(
         ignore
             .lines()
@@ -405,7 +406,7 @@ fn build_demo_binaries(dir: &Path) -> Result<()> {
         "outbox-relay-dev",
     ])
     .args(["--bins", "--examples"])
-    .current_dir(repo());
+    .current_dir(repo_root());
     match dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => {}
         Some(profile) => {
@@ -523,5 +524,206 @@ fn demo_prints_20_distinct_events_and_exits_0() -> Result<()> {
         "{context}"
     );
     ensure!(stdout.contains("[demo] done"), "{context}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// the README's configuration reference
+
+/// The ```toml block under the README's `## Configuration`.
+fn readme_config_block() -> Result<String> {
+    let readme = std::fs::read_to_string(repo_root().join("README.md"))?;
+    readme
+        .split("## Configuration")
+        .nth(1)
+        .and_then(|s| s.split("```toml").nth(1))
+        .and_then(|s| s.split("```").next())
+        .map(str::to_string)
+        .context("no ```toml block under ## Configuration")
+}
+
+/// `section.key` for every field of every config section struct.
+fn keys_in_code() -> Result<BTreeSet<String>> {
+    let src = std::fs::read_to_string(repo_root().join("src/config/mod.rs"))?;
+    let mut keys = BTreeSet::new();
+    let mut section: Option<String> = None;
+    let mut in_struct = false;
+    for line in src.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = line.strip_prefix("/// `[") {
+            section = rest.split(']').next().map(str::to_string);
+            continue;
+        }
+        if line.starts_with("pub struct ") && section.is_some() {
+            in_struct = true;
+            continue;
+        }
+        if in_struct && line.starts_with('}') {
+            in_struct = false;
+            section = None;
+            continue;
+        }
+        if in_struct && line.starts_with("    pub ") {
+            let name = t
+                .trim_start_matches("pub ")
+                .split(':')
+                .next()
+                .context("field")?
+                .trim();
+            let ty = t.split(':').nth(1).unwrap_or("").trim();
+            // Nested tables are sections of their own.
+            if ty.ends_with("Config,")
+                || ty.starts_with("BTreeMap")
+                || ty.starts_with("KafkaProperties")
+            {
+                continue;
+            }
+            keys.insert(format!("{}.{name}", section.as_deref().context("section")?));
+        }
+    }
+    Ok(keys)
+}
+
+/// `section.key` for every `key =` (or `# key =`) line of the README's configuration block.
+fn keys_in_readme() -> Result<BTreeSet<String>> {
+    let block = readme_config_block()?;
+    let mut keys = BTreeSet::new();
+    let mut section = String::new();
+    for line in block.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix('[') {
+            section = rest.split(']').next().unwrap_or("").to_string();
+            continue;
+        }
+        let t = t.trim_start_matches('#').trim();
+        if let Some((key, _)) = t.split_once(" = ") {
+            if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') && !key.is_empty() {
+                keys.insert(format!("{section}.{key}"));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+#[test]
+fn every_config_key_is_documented_in_the_readme() -> Result<()> {
+    let code = keys_in_code()?;
+    let readme = keys_in_readme()?;
+    ensure!(
+        code.len() > 40,
+        "found only {} keys in the code: {code:?}",
+        code.len()
+    );
+    let undocumented: Vec<_> = code.difference(&readme).collect();
+    ensure!(
+        undocumented.is_empty(),
+        "config keys missing from the README's reference: {undocumented:?}"
+    );
+    // Map entries under [kafka.properties] / [routing.topics] are examples, not keys.
+    let unknown: Vec<_> = readme
+        .difference(&code)
+        .filter(|k| !k.starts_with("routing.topics.") && !k.starts_with("kafka.properties."))
+        .collect();
+    ensure!(
+        unknown.is_empty(),
+        "README documents keys the relay does not have: {unknown:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_readme_reference_is_a_valid_config() -> Result<()> {
+    let block = readme_config_block()?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("readme.toml");
+    std::fs::write(&path, &block)?;
+    outbox_relay::config::Config::load_with_env(&path, &Default::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// sql/
+
+#[tokio::test]
+async fn sql_applies_twice_and_sets_up_an_insert_only_publication_and_outbox_write() -> Result<()> {
+    let _g = shared_servers().await;
+    let pg = Postgres::shared();
+    let admin = pg.admin("postgres").await?;
+    let wal_level: String = admin.query_one("SHOW wal_level", &[]).await?.get(0);
+    assert_eq!(wal_level, "logical");
+
+    let db = pg.new_database().await?;
+    db.apply_sql().await.context("second application of sql/")?;
+    let c = db.client().await?;
+    assert_eq!(
+        scalar_i64(
+            &c,
+            "SELECT count(*) FROM pg_tables WHERE schemaname='public' AND tablename='outbox'"
+        )
+        .await?,
+        1
+    );
+    let pubs = c
+        .query(
+            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname='outbox_pub'",
+            &[],
+        )
+        .await?;
+    assert_eq!(pubs.len(), 1);
+    let flags: (bool, bool, bool, bool) = (
+        pubs[0].get(0),
+        pubs[0].get(1),
+        pubs[0].get(2),
+        pubs[0].get(3),
+    );
+    assert_eq!(
+        flags,
+        (true, false, false, false),
+        "publication must be insert-only"
+    );
+    assert_eq!(
+        scalar_i64(
+            &c,
+            "SELECT count(*) FROM pg_publication_tables WHERE pubname='outbox_pub'"
+        )
+        .await?,
+        1
+    );
+    assert_eq!(
+        scalar_i64(
+            &c,
+            "SELECT count(*) FROM pg_proc WHERE proname='outbox_write'"
+        )
+        .await?,
+        1
+    );
+    // outbox_write returns the id; the payload comes back as Postgres's canonical jsonb text.
+    let mut c = c;
+    let one = write_txn(
+        &mut c,
+        &[NewEvent::new(
+            "booking",
+            "b-1",
+            "Created",
+            r#"{"b":2,  "a":1}"#,
+        )],
+    )
+    .await?;
+    assert_eq!(one[0].payload, r#"{"a": 1, "b": 2}"#);
+    let batch: Vec<NewEvent> = (0..50)
+        .map(|i| {
+            NewEvent::new(
+                "booking",
+                &format!("b-{i}"),
+                "Updated",
+                &format!(r#"{{"i":{i}}}"#),
+            )
+        })
+        .collect();
+    let many = write_batched(&mut c, &batch).await?;
+    assert_eq!(many.len(), 50);
+    assert_eq!(many[7].payload, r#"{"i": 7}"#);
+    assert_eq!(scalar_i64(&c, "SELECT count(*) FROM outbox").await?, 51);
     Ok(())
 }

@@ -17,8 +17,9 @@ use outbox_relay_dev::util::{free_port, random_suffix, repo_root};
 use outbox_relay_dev::{Kafka, Postgres, TestDb};
 use serde_json::json;
 
+use crate::helpers::log;
+use crate::observers::count_records;
 use crate::procstat::ProcStat;
-use crate::{count_records, log};
 
 pub const DEBEZIUM_VERSION: &str = "3.6.1.Final";
 

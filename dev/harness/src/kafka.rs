@@ -1,17 +1,20 @@
 //! A real single-node Apache Kafka 4.x broker (KRaft, broker+controller in one JVM) for tests, one per
-//! test process, plus what tests do with it: create topics (auto-create is off, as in production) and
-//! collect what a consumer sees, with read_committed or read_uncommitted isolation.
+//! test process, plus what tests do with it: create topics (auto-create is off, as in production),
+//! follow topics while relays run ([`Kafka::watch`]), and, once they stopped, read every partition to
+//! its end for the verdict ([`Kafka::collect`], read_committed; or read_uncommitted).
 //!
 //! Why a real broker: librdkafka's mock cluster does not fence zombie transactional producers, and the
 //! exactly-once promises are about transactions. The classpath comes from Maven Central through
 //! `dev/kafka/pom.xml`, cached in `<repo>/.cache/kafka-<version>/lib` once per clone.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -20,7 +23,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -482,44 +486,138 @@ impl Kafka {
         Ok(())
     }
 
-    /// A fresh consumer (random group, from the beginning, every partition assigned) reads `topics` until
-    /// `expected` records arrived and then a quiet period of 2 s without new records (to catch
-    /// duplicates that arrive late), or until `deadline`. Returns what it got, in arrival order.
-    pub async fn collect(
-        &self,
-        topics: &[String],
-        expected: usize,
-        deadline: Duration,
-        read_committed: bool,
-    ) -> Result<Vec<Record>> {
-        self.consume(topics, Some(expected), deadline, read_committed)
-            .await
+    /// Everything committed in `topics`, for a verdict: call it once the relays stopped. Waits (up
+    /// to [`SETTLE`]) until no transaction is open in any partition (the last stable offset equals
+    /// the high watermark: the markers of a commit that just returned are written), then reads
+    /// every partition from the beginning to that end with `read_committed`. Nothing that reached
+    /// the broker before the call can hide behind a quiet period, as a late duplicate could when
+    /// reading stopped at the expected count. Records are in partition order, topic by topic.
+    pub async fn collect(&self, topics: &[String]) -> Result<Vec<Record>> {
+        self.read_to_end(topics, true).await
     }
 
-    /// Reads `topics` from the beginning for `duration`, whatever arrives.
-    pub async fn collect_for(
-        &self,
-        topics: &[String],
-        duration: Duration,
-        read_committed: bool,
-    ) -> Result<Vec<Record>> {
-        self.consume(topics, None, duration, read_committed).await
+    /// [`Kafka::collect`] with `read_uncommitted`: also the records of open and aborted
+    /// transactions (read to the high watermark).
+    pub async fn collect_uncommitted(&self, topics: &[String]) -> Result<Vec<Record>> {
+        self.read_to_end(topics, false).await
     }
 
-    async fn consume(
-        &self,
-        topics: &[String],
-        expected: Option<usize>,
-        deadline: Duration,
-        read_committed: bool,
-    ) -> Result<Vec<Record>> {
+    async fn read_to_end(&self, topics: &[String], read_committed: bool) -> Result<Vec<Record>> {
         let bootstrap = self.bootstrap();
         let topics = topics.to_vec();
         tokio::task::spawn_blocking(move || {
-            consume_blocking(&bootstrap, &topics, expected, deadline, read_committed)
+            let mut out = Vec::new();
+            for t in &topics {
+                out.extend(read_topic_to_end(&bootstrap, t, read_committed)?);
+            }
+            Ok(out)
         })
         .await
         .context("consumer task panicked")?
+    }
+
+    /// Follows `topics` from the beginning in a background thread (`read_committed`), to wait for
+    /// progress while relays run. Not a verdict: what it saw may still grow; see [`Kafka::collect`].
+    pub async fn watch(&self, topics: &[String]) -> Result<Watch> {
+        let bootstrap = self.bootstrap();
+        let topics = topics.to_vec();
+        let consumer = tokio::task::spawn_blocking(move || -> Result<BaseConsumer> {
+            let consumer = consumer(&bootstrap, true, false)?;
+            let mut tpl = TopicPartitionList::new();
+            for t in &topics {
+                for p in partitions(&consumer, t)? {
+                    tpl.add_partition_offset(t, p, Offset::Beginning)?;
+                }
+            }
+            consumer.assign(&tpl)?;
+            Ok(consumer)
+        })
+        .await
+        .context("consumer task panicked")??;
+        let records: Arc<Mutex<Vec<Record>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (records, stop) = (records.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                        let r = Record::from_message(&m);
+                        records.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                    }
+                }
+            })
+        };
+        Ok(Watch {
+            records,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// How long [`Kafka::collect`] waits for open transactions to end before it reads to the last
+/// stable offset anyway (a producer killed inside a transaction holds it open until the
+/// transaction timeout; what it wrote is not committed, so no reader may count it).
+pub const SETTLE: Duration = Duration::from_secs(30);
+/// How long reading one topic to its end may take.
+const READ_DEADLINE: Duration = Duration::from_secs(600);
+
+/// A background reader of some topics ([`Kafka::watch`]); stops when dropped.
+#[derive(Debug)]
+pub struct Watch {
+    records: Arc<Mutex<Vec<Record>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watch {
+    /// Records seen so far (duplicates included).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of the records seen so far, in arrival order.
+    pub fn records(&self) -> Vec<Record> {
+        self.lock().clone()
+    }
+
+    /// Waits until `done` holds for the records seen so far; fails after `deadline`, naming `what`.
+    pub async fn wait_for(
+        &self,
+        deadline: Duration,
+        what: &str,
+        done: impl Fn(&[Record]) -> bool,
+    ) -> Result<()> {
+        crate::util::wait_until(deadline, what, || {
+            let ok = done(&self.lock());
+            async move { Ok(ok.then_some(())) }
+        })
+        .await
+    }
+
+    /// Waits until at least `n` records were seen.
+    pub async fn wait_for_count(&self, n: usize, deadline: Duration) -> Result<()> {
+        self.wait_for(deadline, &format!("{n} records committed"), |r| {
+            r.len() >= n
+        })
+        .await
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Record>> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -554,9 +652,31 @@ impl Record {
             .as_deref()
             .and_then(|v| std::str::from_utf8(v).ok())
     }
-}
 
-const QUIET: Duration = Duration::from_secs(2);
+    fn from_message(m: &BorrowedMessage<'_>) -> Record {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+}
 
 /// A Java AdminClient program (run by the single-file source launcher): `<bootstrap> add|remove
 /// <principal> <operation> <ALLOW|DENY> <topic>`.
@@ -591,19 +711,14 @@ public class HarnessAcl {
 }
 "#;
 
-fn consume_blocking(
-    bootstrap: &str,
-    topics: &[String],
-    expected: Option<usize>,
-    deadline: Duration,
-    read_committed: bool,
-) -> Result<Vec<Record>> {
-    let start = Instant::now();
-    let consumer: BaseConsumer = ClientConfig::new()
+/// A consumer of no group (partitions are assigned), from the beginning, with `isolation`.
+fn consumer(bootstrap: &str, read_committed: bool, eof: bool) -> Result<BaseConsumer> {
+    ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("harness-collect-{}", random_suffix()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", if eof { "true" } else { "false" })
         .set(
             "isolation.level",
             if read_committed {
@@ -613,63 +728,93 @@ fn consume_blocking(
             },
         )
         .create()
-        .context("create consumer")?;
-    // Assign every partition explicitly: no group rebalance to wait for.
-    let mut tpl = TopicPartitionList::new();
-    for t in topics {
-        let md = consumer.fetch_metadata(Some(t), Duration::from_secs(10))?;
-        let topic = md
-            .topics()
-            .iter()
-            .find(|m| m.name() == t)
-            .ok_or_else(|| anyhow!("topic {t} not in metadata"))?;
-        if let Some(e) = topic.error() {
-            bail!("topic {t}: {e:?}");
-        }
-        for p in topic.partitions() {
-            tpl.add_partition_offset(t, p.id(), Offset::Beginning)?;
+        .context("create consumer")
+}
+
+/// The partition ids of `topic`.
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>> {
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|m| m.name() == topic)
+        .ok_or_else(|| anyhow!("topic {topic} not in metadata"))?;
+    if let Some(e) = t.error() {
+        bail!("topic {topic}: {e:?}");
+    }
+    Ok(t.partitions().iter().map(|p| p.id()).collect())
+}
+
+/// (low, end) of each partition as `consumer`'s isolation sees it: the end is the high
+/// watermark for `read_uncommitted` and the last stable offset for `read_committed` (librdkafka
+/// sends its isolation level with ListOffsets).
+fn ends(consumer: &BaseConsumer, topic: &str, parts: &[i32]) -> Result<Vec<(i64, i64)>> {
+    parts
+        .iter()
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, *p, Duration::from_secs(10))
+                .with_context(|| format!("watermarks of {topic}[{p}]"))
+        })
+        .collect()
+}
+
+/// Reads every partition of `topic` from the beginning to the end it has now (see [`Kafka::collect`]).
+fn read_topic_to_end(bootstrap: &str, topic: &str, read_committed: bool) -> Result<Vec<Record>> {
+    let consumer = consumer(bootstrap, read_committed, true)?;
+    let parts = partitions(&consumer, topic)?;
+    if read_committed {
+        // Open transactions first: the end to read to is where the last one was decided.
+        let uncommitted = self::consumer(bootstrap, false, false)?;
+        let settled =
+            wait_until_blocking(SETTLE, &format!("no open transaction in {topic}"), || {
+                let stable = ends(&consumer, topic, &parts)?;
+                let high = ends(&uncommitted, topic, &parts)?;
+                Ok((stable.iter().zip(&high).all(|(s, h)| s.1 == h.1)).then_some(()))
+            });
+        if let Err(e) = settled {
+            eprintln!("[harness] {e:#}: reading {topic} to its last stable offset");
         }
     }
-    consumer.assign(&tpl)?;
-    let mut out = Vec::new();
-    let mut last_new = Instant::now();
-    loop {
-        let elapsed = start.elapsed();
-        if elapsed >= deadline {
-            break;
+    let ends = ends(&consumer, topic, &parts)?;
+    let mut tpl = TopicPartitionList::new();
+    // Partition id -> the offset to read to; a partition leaves when it reached it.
+    let mut open: HashMap<i32, i64> = HashMap::new();
+    for (p, (low, end)) in parts.iter().zip(&ends) {
+        if end > low {
+            open.insert(*p, *end);
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
         }
-        if let Some(n) = expected {
-            if out.len() >= n && last_new.elapsed() >= QUIET {
-                break;
-            }
+    }
+    if open.is_empty() {
+        return Ok(Vec::new());
+    }
+    consumer.assign(&tpl)?;
+    let start = Instant::now();
+    let mut out = Vec::new();
+    while !open.is_empty() {
+        if start.elapsed() > READ_DEADLINE {
+            bail!("reading {topic} to its end took over {READ_DEADLINE:?}; still open (partition: end): {open:?}");
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(Record {
-                    topic: m.topic().to_string(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    value: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                });
-                last_new = Instant::now();
+                let (p, offset) = (m.partition(), m.offset());
+                let Some(&end) = open.get(&p) else { continue };
+                if offset < end {
+                    out.push(Record::from_message(&m));
+                }
+                // With read_committed the last offset below the end is usually a commit marker,
+                // which is never delivered: the end-of-partition event covers that case.
+                if offset >= end - 1 {
+                    open.remove(&p);
+                }
+            }
+            // Reached the end the broker had at that fetch: at least the end taken above.
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
             }
             Some(Err(e)) => {
-                // Partition EOF is off by default; transient errors are retried by librdkafka.
+                // Transient errors are retried by librdkafka.
                 tracing::debug!("consumer error: {e}");
             }
             None => {}

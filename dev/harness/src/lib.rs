@@ -15,14 +15,14 @@ pub mod tls;
 pub mod util;
 pub mod verify;
 
-pub use kafka::{Kafka, Record};
+pub use kafka::{Kafka, Record, Watch};
 pub use outbox_relay::Lsn;
 pub use postgres::{
     write_batched, write_concurrently, write_txn, NewEvent, Postgres, SlotInfo, TestDb, WriteSpec,
     Written,
 };
 pub use proxy::Proxy;
-pub use relay::{run_cli, RelayConfig, RelayProcess};
+pub use relay::{http_get, run_cli, RelayConfig, RelayProcess};
 pub use tls::{other_ca, CertificateAuthority, Pki};
 pub use util::{
     exclusive_servers, free_port, random_suffix, repo_root, shared_servers, wait_until,

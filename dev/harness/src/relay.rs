@@ -1,19 +1,22 @@
 //! The relay as tests see it: a child process (`outbox-relay run --config <file>`) that can be killed,
-//! signalled and restarted like in production, and a config builder that gives each test its own slot,
-//! topics and checkpoint topic on the shared servers, so parallel tests never see each other's events.
+//! signalled and restarted like in production, asked through its admin endpoints (`/ready`,
+//! `/metrics`), and a config builder that gives each test its own slot, topics, checkpoint topic and
+//! admin port on the shared servers, so parallel tests never see each other's events or relays.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::kafka::Kafka;
 use crate::postgres::{Postgres, TestDb};
 use crate::process::{self, ManagedChild};
-use crate::util::random_suffix;
+use crate::util::{free_port, random_suffix};
 
 /// A running relay process. Dropping it kills it (SIGKILL).
 #[derive(Debug)]
@@ -22,6 +25,8 @@ pub struct RelayProcess {
     dir: PathBuf,
     config_path: PathBuf,
     log_path: PathBuf,
+    /// `admin.listen` of the config it was started with, if the admin server is on.
+    admin: Option<SocketAddr>,
     exit: Option<ExitStatus>,
 }
 
@@ -65,6 +70,7 @@ impl RelayProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let admin = admin_addr(&std::fs::read_to_string(&config_path)?);
         let child = process::spawn_managed(cmd)
             .with_context(|| format!("spawn relay {}", bin.display()))?;
         Ok(RelayProcess {
@@ -72,6 +78,7 @@ impl RelayProcess {
             dir,
             config_path,
             log_path,
+            admin,
             exit: None,
         })
     }
@@ -138,6 +145,55 @@ impl RelayProcess {
         process::send_signal(self.pid(), libc::SIGHUP)
     }
 
+    /// SIGSTOP: the relay freezes mid-flight (connections stay open, nothing is sent), as a
+    /// process stalled by the machine would; a zombie once another instance took over.
+    pub fn sigstop(&self) -> Result<()> {
+        process::send_signal(self.pid(), libc::SIGSTOP)
+    }
+
+    /// SIGCONT after [`RelayProcess::sigstop`].
+    pub fn sigcont(&self) -> Result<()> {
+        process::send_signal(self.pid(), libc::SIGCONT)
+    }
+
+    /// The admin server's address (`admin.listen` of its config), if it has one.
+    pub fn admin_addr(&self) -> Result<SocketAddr> {
+        self.admin
+            .ok_or_else(|| anyhow!("this relay has no admin server (admin.listen is empty)"))
+    }
+
+    /// `GET <path>` on the relay's admin server: (status code, body).
+    pub async fn get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.admin_addr()?, path).await
+    }
+
+    /// Waits until `/ready` answers 200 (slot held, producer initialised, checkpoint read),
+    /// failing if the process exits first or `deadline` passes.
+    pub async fn wait_ready(&mut self, deadline: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let last = match self.get("/ready").await {
+                Ok((200, _)) => return Ok(()),
+                Ok((code, body)) => format!("{code} {}", body.trim()),
+                Err(e) => format!("{e:#}"),
+            };
+            if !self.is_running() {
+                bail!(
+                    "relay exited ({:?}) before /ready answered 200; logs:\n{}",
+                    self.exit,
+                    self.logs()
+                );
+            }
+            if start.elapsed() >= deadline {
+                bail!(
+                    "relay's /ready did not answer 200 within {deadline:?} (last: {last}); logs:\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits up to `deadline` for the process to exit; None if it still runs.
     pub async fn wait_exit(&mut self, deadline: Duration) -> Option<ExitStatus> {
         let start = Instant::now();
@@ -179,6 +235,42 @@ impl RelayProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `admin.listen` of a relay config, when it is a socket address (absent or `""`: no admin server).
+fn admin_addr(config_toml: &str) -> Option<SocketAddr> {
+    let table: toml::Table = config_toml.parse().ok()?;
+    table.get("admin")?.get("listen")?.as_str()?.parse().ok()
+}
+
+/// A plain HTTP/1.1 GET over a fresh connection (the relay's admin server, on loopback):
+/// (status code, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        anyhow::Ok(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .with_context(|| format!("GET http://{addr}{path}: no answer within 10 s"))?
+        .with_context(|| format!("GET http://{addr}{path}"))?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("GET http://{addr}{path}: no status line in {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
 }
 
 /// Runs a one-shot command (`<bin> validate --config ...`, `--version`...) and returns its exit status,
@@ -243,7 +335,17 @@ impl RelayConfig {
         );
         c.set("log.format", "text");
         c.set("log.level", "info");
+        c.new_admin_port();
         c
+    }
+
+    /// Gives the config an admin server of its own (`admin.listen` on a free loopback port; the
+    /// relay's default port would be shared by every relay of the machine) and returns the port.
+    /// A second relay on the same slot (a standby) needs a clone with a new port.
+    pub fn new_admin_port(&mut self) -> u16 {
+        let port = free_port();
+        self.set("admin.listen", format!("127.0.0.1:{port}"));
+        port
     }
 
     /// Sets any dotted key (`"kafka.bootstrap_servers"`), creating tables on the way.

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use outbox_relay_dev::process::{self, ManagedChild};
-use outbox_relay_dev::{free_port, Kafka, Postgres, RelayConfig, RelayProcess};
+use outbox_relay_dev::{Kafka, Postgres, RelayConfig, RelayProcess};
 
 const USAGE: &str = "\
 demo: the outbox-relay demo on local Postgres and Kafka (no Docker).
@@ -166,13 +166,12 @@ async fn run(args: Args) -> Result<i32> {
     let mut cfg = RelayConfig::new(pg, &db, kafka);
     cfg.set("postgres.slot", "outbox_relay")
         .set("kafka.checkpoint_topic", "outbox_relay.checkpoints")
-        .set("routing.topic_template", "outbox.{aggregate_type}")
-        .set("admin.listen", format!("127.0.0.1:{}", free_port()));
+        .set("routing.topic_template", "outbox.{aggregate_type}");
     kafka.create_topic(TOPIC, 3, &[]).await?;
 
     let mut relay = RelayProcess::spawn(&relay_bin, &cfg.to_toml(), &[])?;
     relay
-        .wait_for_log("outbox-relay started", Duration::from_secs(60))
+        .wait_ready(Duration::from_secs(60))
         .await
         .context("the relay did not start")?;
     println!(

@@ -1,17 +1,17 @@
-//! The ground the other tests stand on: the harness's Postgres and Kafka are real (logical WAL,
-//! transactions, read_committed), `sql/` is idempotent and grants the relay role exactly what it needs,
-//! server crashes and restarts keep committed data, and the verdict, writers and proxy work.
+//! The ground the other tests stand on, checked against itself: the harness's Kafka is a real
+//! transactional broker (read_committed hides aborted records), the verdict catches a loss and a
+//! duplicate, the final read waits for open transactions and reads every partition to its end (so
+//! a duplicate committed late still counts), the servers survive kill -9 and restarts with their
+//! data, and the proxy cuts, blackholes and refuses.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use outbox_relay_dev::postgres::{current_wal_lsn, slot_info};
 use outbox_relay_dev::{
     exclusive_servers, random_suffix, shared_servers, verify, wait_until, write_batched,
-    write_concurrently, write_txn, Kafka, NewEvent, Postgres, Proxy, Record, WriteSpec, Written,
+    write_concurrently, Kafka, NewEvent, Postgres, Proxy, Record, WriteSpec, Written,
 };
-use pgwire_replication::{ReplicationClient, ReplicationConfig};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
@@ -25,14 +25,33 @@ async fn produce_txn(
     records: Vec<(String, String, String)>,
     commit: bool,
 ) -> Result<()> {
+    let producer = open_txn(kafka, topic, records).await?;
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        if commit {
+            producer.commit_transaction(Duration::from_secs(30))?;
+        } else {
+            producer.abort_transaction(Duration::from_secs(30))?;
+        }
+        Ok(())
+    })
+    .await?
+}
+
+/// A producer of its own `transactional.id` with `records` sent and flushed in a transaction it
+/// leaves open.
+async fn open_txn(
+    kafka: &Kafka,
+    topic: &str,
+    records: Vec<(String, String, String)>,
+) -> Result<BaseProducer> {
     let bootstrap = kafka.bootstrap();
     let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || -> Result<()> {
+    tokio::task::spawn_blocking(move || -> Result<BaseProducer> {
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
             .set(
                 "transactional.id",
-                format!("it-foundation-{}", random_suffix()),
+                format!("it-harness-{}", random_suffix()),
             )
             .set("partitioner", "murmur2_random")
             .create()?;
@@ -50,13 +69,8 @@ async fn produce_txn(
             producer.send(rec).map_err(|(e, _)| e)?;
             producer.poll(Duration::ZERO);
         }
-        if commit {
-            producer.commit_transaction(Duration::from_secs(30))?;
-        } else {
-            producer.flush(Duration::from_secs(30))?;
-            producer.abort_transaction(Duration::from_secs(30))?;
-        }
-        Ok(())
+        producer.flush(Duration::from_secs(30))?;
+        Ok(producer)
     })
     .await?
 }
@@ -77,157 +91,7 @@ async fn scalar_i64(client: &tokio_postgres::Client, sql: &str) -> Result<i64> {
 }
 
 #[tokio::test]
-async fn postgres_is_logical_and_sql_applies_twice() -> Result<()> {
-    let _g = shared_servers().await;
-    let pg = Postgres::shared();
-    let admin = pg.admin("postgres").await?;
-    let wal_level: String = admin.query_one("SHOW wal_level", &[]).await?.get(0);
-    assert_eq!(wal_level, "logical");
-
-    let db = pg.new_database().await?;
-    db.apply_sql().await.context("second application of sql/")?;
-    let c = db.client().await?;
-    assert_eq!(
-        scalar_i64(
-            &c,
-            "SELECT count(*) FROM pg_tables WHERE schemaname='public' AND tablename='outbox'"
-        )
-        .await?,
-        1
-    );
-    let pubs = c
-        .query(
-            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname='outbox_pub'",
-            &[],
-        )
-        .await?;
-    assert_eq!(pubs.len(), 1);
-    let flags: (bool, bool, bool, bool) = (
-        pubs[0].get(0),
-        pubs[0].get(1),
-        pubs[0].get(2),
-        pubs[0].get(3),
-    );
-    assert_eq!(
-        flags,
-        (true, false, false, false),
-        "publication must be insert-only"
-    );
-    assert_eq!(
-        scalar_i64(
-            &c,
-            "SELECT count(*) FROM pg_publication_tables WHERE pubname='outbox_pub'"
-        )
-        .await?,
-        1
-    );
-    assert_eq!(
-        scalar_i64(
-            &c,
-            "SELECT count(*) FROM pg_proc WHERE proname='outbox_write'"
-        )
-        .await?,
-        1
-    );
-    let role = c
-        .query_one(
-            "SELECT rolsuper, rolreplication, rolcanlogin FROM pg_roles WHERE rolname='outbox_relay'",
-            &[],
-        )
-        .await?;
-    let attrs: (bool, bool, bool) = (role.get(0), role.get(1), role.get(2));
-    assert_eq!(
-        attrs,
-        (false, true, true),
-        "outbox_relay: not superuser, replication, login"
-    );
-
-    // outbox_write returns the id; the payload comes back as Postgres's canonical jsonb text.
-    let mut c = c;
-    let one = write_txn(
-        &mut c,
-        &[NewEvent::new(
-            "booking",
-            "b-1",
-            "Created",
-            r#"{"b":2,  "a":1}"#,
-        )],
-    )
-    .await?;
-    assert_eq!(one[0].payload, r#"{"a": 1, "b": 2}"#);
-    let batch: Vec<NewEvent> = (0..50)
-        .map(|i| {
-            NewEvent::new(
-                "booking",
-                &format!("b-{i}"),
-                "Updated",
-                &format!(r#"{{"i":{i}}}"#),
-            )
-        })
-        .collect();
-    let many = write_batched(&mut c, &batch).await?;
-    assert_eq!(many.len(), 50);
-    assert_eq!(many[7].payload, r#"{"i": 7}"#);
-    assert_eq!(scalar_i64(&c, "SELECT count(*) FROM outbox").await?, 51);
-    Ok(())
-}
-
-#[tokio::test]
-async fn relay_role_replicates_and_reads_only_the_outbox() -> Result<()> {
-    let _g = shared_servers().await;
-    let pg = Postgres::shared();
-    let db = pg.new_database().await?;
-
-    // A replication session as outbox_relay (SCRAM over TCP), the way the relay connects.
-    let mut cfg = ReplicationConfig::default();
-    cfg.host = pg.host().to_string();
-    cfg.port = pg.port();
-    cfg.user = Postgres::RELAY_USER.to_string();
-    cfg.password = Postgres::RELAY_PASSWORD.to_string();
-    cfg.database = db.name.clone();
-    let mut repl = ReplicationClient::connect_gated(cfg).await?;
-    let ident = repl.identify_system().await?;
-    assert_eq!(ident.dbname.as_deref(), Some(db.name.as_str()));
-    let slot = format!("s_{}", random_suffix());
-    repl.simple_query(&format!(
-        "CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput"
-    ))
-    .await
-    .context("the relay role may create a logical slot")?;
-    let admin = db.client().await?;
-    let info = slot_info(&admin, &slot).await?.context("slot exists")?;
-    assert!(info.active, "{info:?}");
-    assert!(current_wal_lsn(&admin).await? >= info.confirmed_flush_lsn.unwrap_or_default());
-    drop(repl);
-
-    let relay = db.relay_client().await?;
-    scalar_i64(&relay, "SELECT count(*) FROM public.outbox").await?;
-    admin
-        .batch_execute("CREATE TABLE public.secret (x int); INSERT INTO public.secret VALUES (1)")
-        .await?;
-    let err = relay
-        .query("SELECT * FROM public.secret", &[])
-        .await
-        .expect_err("outbox_relay must not read other tables");
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
-        "{err}"
-    );
-    let err = relay
-        .query("SELECT outbox_write('a', 'b', 'c', '{}')", &[])
-        .await
-        .expect_err("outbox_relay must not write the outbox");
-    assert_eq!(
-        err.code(),
-        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
-        "{err}"
-    );
-    Ok(())
-}
-
-#[tokio::test]
-async fn kafka_is_transactional() -> Result<()> {
+async fn kafka_is_transactional_and_read_committed_hides_aborted_records() -> Result<()> {
     let _g = shared_servers().await;
     let kafka = Kafka::shared();
     let topic = format!("t_{}.foundation", random_suffix());
@@ -254,7 +118,7 @@ async fn kafka_is_transactional() -> Result<()> {
     produce_txn(kafka, &topic, aborted.clone(), false).await?;
 
     let topics = vec![topic];
-    let rc = kafka.collect(&topics, 20, DEADLINE, true).await?;
+    let rc = kafka.collect(&topics).await?;
     let mut got: Vec<&str> = rc.iter().filter_map(|r| r.value_str()).collect();
     got.sort_unstable();
     let mut want: Vec<&str> = committed.iter().map(|r| r.1.as_str()).collect();
@@ -264,7 +128,7 @@ async fn kafka_is_transactional() -> Result<()> {
         "read_committed sees exactly the committed records"
     );
 
-    let ru = kafka.collect(&topics, 27, DEADLINE, false).await?;
+    let ru = kafka.collect_uncommitted(&topics).await?;
     assert_eq!(
         ru.len(),
         27,
@@ -275,7 +139,8 @@ async fn kafka_is_transactional() -> Result<()> {
 }
 
 #[tokio::test]
-async fn writers_and_verdict_end_to_end() -> Result<()> {
+async fn the_writers_commit_what_they_report_and_the_verdict_catches_a_loss_and_a_duplicate(
+) -> Result<()> {
     let _g = shared_servers().await;
     let (pg, kafka) = (Postgres::shared(), Kafka::shared());
     let db = pg.new_database().await?;
@@ -304,9 +169,7 @@ async fn writers_and_verdict_end_to_end() -> Result<()> {
     let topic = format!("t_{}.booking", random_suffix());
     kafka.create_topic(&topic, 3, &[]).await?;
     produce_txn(kafka, &topic, as_records(&written), true).await?;
-    let received = kafka
-        .collect(std::slice::from_ref(&topic), 600, DEADLINE, true)
-        .await?;
+    let received = kafka.collect(std::slice::from_ref(&topic)).await?;
     let verdict = verify(&written, &received);
     eprintln!("{verdict}");
     verdict.assert_exactly_once();
@@ -319,8 +182,50 @@ async fn writers_and_verdict_end_to_end() -> Result<()> {
     Ok(())
 }
 
+/// The final read cannot miss a duplicate committed late: a transaction still open when the read
+/// starts (here committed 3 s later, past the 2 s quiet period the old read stopped after) is
+/// waited for, and every partition is read to its end.
 #[tokio::test]
-async fn postgres_survives_kill9_and_restarts() -> Result<()> {
+async fn the_final_read_waits_for_open_transactions_and_sees_a_late_duplicate() -> Result<()> {
+    let _g = shared_servers().await;
+    let kafka = Kafka::shared();
+    let topic = format!("t_{}.late", random_suffix());
+    kafka.create_topic(&topic, 3, &[]).await?;
+    let records: Vec<_> = (0..20)
+        .map(|i| {
+            (
+                format!("k{}", i % 4),
+                format!("v{i}"),
+                uuid::Uuid::new_v4().to_string(),
+            )
+        })
+        .collect();
+    produce_txn(kafka, &topic, records.clone(), true).await?;
+    // A zombie's transaction holding a copy of record 7, still open when the reader starts.
+    let late = open_txn(kafka, &topic, vec![records[7].clone()]).await?;
+    let committer = tokio::spawn(async move {
+        // The late commit is the scenario, not a wait.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::task::spawn_blocking(move || late.commit_transaction(Duration::from_secs(30))).await
+    });
+    let started = Instant::now();
+    let received = kafka.collect(std::slice::from_ref(&topic)).await?;
+    committer.await???;
+    let ids: Vec<&str> = received
+        .iter()
+        .filter_map(|r| r.header("event_id"))
+        .collect();
+    ensure!(
+        ids.len() == 21 && ids.iter().filter(|id| **id == records[7].2).count() == 2,
+        "the late duplicate was not read ({} records after {:?})",
+        ids.len(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn postgres_keeps_committed_rows_through_kill9_and_restarts() -> Result<()> {
     let _g = exclusive_servers().await;
     let pg = Postgres::shared();
     let db = pg.new_database().await?;
@@ -363,7 +268,7 @@ async fn postgres_survives_kill9_and_restarts() -> Result<()> {
 }
 
 #[tokio::test]
-async fn kafka_survives_kill9_restart_and_pause() -> Result<()> {
+async fn kafka_keeps_committed_records_through_kill9_restart_and_pause() -> Result<()> {
     let _g = exclusive_servers().await;
     let kafka = Kafka::shared();
     let topic = format!("t_{}.crash", random_suffix());
@@ -387,29 +292,27 @@ async fn kafka_survives_kill9_restart_and_pause() -> Result<()> {
         "Kafka kill -9 + start (ready for transactions): {:.1?}",
         t.elapsed()
     );
-    assert_eq!(kafka.collect(&topics, 30, DEADLINE, true).await?.len(), 30);
+    assert_eq!(kafka.collect(&topics).await?.len(), 30);
 
     let t = Instant::now();
     kafka.restart().await?;
     eprintln!("Kafka graceful restart: {:.1?}", t.elapsed());
-    assert_eq!(kafka.collect(&topics, 30, DEADLINE, true).await?.len(), 30);
+    assert_eq!(kafka.collect(&topics).await?.len(), 30);
 
     // Paused: the broker answers nothing until resumed.
     kafka.pause()?;
-    let paused = kafka
-        .collect_for(&topics, Duration::from_secs(2), true)
-        .await;
+    let paused = tokio::time::timeout(Duration::from_secs(2), kafka.collect(&topics)).await;
     kafka.resume()?;
     assert!(
-        paused.map(|r| r.is_empty()).unwrap_or(true),
+        !matches!(paused, Ok(Ok(ref r)) if !r.is_empty()),
         "a paused broker delivers nothing"
     );
-    assert_eq!(kafka.collect(&topics, 30, DEADLINE, true).await?.len(), 30);
+    assert_eq!(kafka.collect(&topics).await?.len(), 30);
     Ok(())
 }
 
 #[tokio::test]
-async fn proxy_cuts_blackholes_and_refuses() -> Result<()> {
+async fn the_proxy_cuts_blackholes_and_refuses() -> Result<()> {
     let _g = shared_servers().await;
     let pg = Postgres::shared();
     let target: SocketAddr = format!("{}:{}", pg.host(), pg.port()).parse()?;

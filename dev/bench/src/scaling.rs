@@ -1,0 +1,50 @@
+//! Scaling: the relay's drain, CPU and peak memory as the backlog grows.
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::backlog::relay_drain;
+use crate::helpers::{create_relay_slot, drop_env, log, new_env};
+use crate::opts::Opts;
+use crate::report::Report;
+use crate::writers::write_backlog;
+
+pub async fn scaling_run(opts: &Opts, report: &mut Report, rows: i64) -> Result<()> {
+    let env = new_env().await?;
+    create_relay_slot(opts, &env).await?;
+    let t = Instant::now();
+    let backlog = write_backlog(&env.db, rows, 100).await?;
+    log(format!(
+        "scaling: wrote {rows} rows in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    let d = relay_drain(opts, &env, backlog, rows).await?;
+    let label = human(rows);
+    log(format!(
+        "scaling {label}: {:.2} s, RSS {:.1} MB, CPU {:.2} s",
+        d.relay_secs,
+        d.relay.hwm_mb(),
+        d.relay.cpu_secs()
+    ));
+    let s = "6. scaling (relay, 100-row txns)";
+    report.add(s, &format!("peak RSS at {label}"), "MB", d.relay.hwm_mb());
+    report.add(s, &format!("CPU at {label}"), "CPU s", d.relay.cpu_secs());
+    report.add(
+        s,
+        &format!("drain at {label}"),
+        "events/s",
+        rows as f64 / d.relay_secs,
+    );
+    drop_env(env).await
+}
+
+pub fn human(n: i64) -> String {
+    if n >= 1_000_000 && n % 1_000_000 == 0 {
+        format!("{}M", n / 1_000_000)
+    } else if n >= 1000 && n % 1000 == 0 {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
