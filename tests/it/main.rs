@@ -8,6 +8,7 @@ mod core;
 mod docs;
 mod faults;
 mod foundation;
+mod operations;
 mod poison;
 mod security;
 mod service;
