@@ -4,18 +4,20 @@
 //! - ops/alerts.yml: promtool unit tests fire every alert and pin its rendered text.
 //! - systemd: the template unit `outbox-relay@.service` (one config per instance, the plain unit's
 //!   sandbox); no `ExecStartPre=` whose refusal systemd would restart; `Documentation=` that exists.
+//! - docker-compose.yml: Kafka's data in its volume, the Postgres healthcheck over TCP, an init script
+//!   that fails the first start on a broken SQL file (run for real against a private Postgres).
 //!
 //! A systemd manager cannot run here (no systemd as PID 1, and a private one would take over the
 //! machine's cgroups), so the unit checks are static plus `systemd-analyze` and the relay's own exit
 //! codes. Self-contained: helpers live at the bottom.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
 use outbox_relay_dev::relay::find_relay_bin;
-use outbox_relay_dev::repo_root;
+use outbox_relay_dev::{repo_root, Postgres};
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn bin() -> PathBuf {
@@ -323,6 +325,196 @@ fn systemd_units_point_at_documentation_that_exists() -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// docker-compose.yml (no Docker engine here: checked statically, the init script run for real)
+
+#[test]
+fn compose_keeps_kafka_data_in_its_volume_and_checks_postgres_over_tcp() -> Result<()> {
+    let doc = compose()?;
+    let kafka = &doc["services"]["kafka"];
+    let env = environment(kafka)?;
+    let log_dirs = env
+        .get("KAFKA_LOG_DIRS")
+        .context("kafka: no KAFKA_LOG_DIRS (the image's default is /tmp/kraft-combined-logs)")?;
+    let named: BTreeSet<&str> = doc["volumes"]
+        .as_hash()
+        .context("no top-level volumes")?
+        .keys()
+        .filter_map(Yaml::as_str)
+        .collect();
+    let mounts: Vec<String> = strings(&kafka["volumes"])
+        .into_iter()
+        .filter(|v| v.split(':').next().is_some_and(|n| named.contains(n)))
+        .filter_map(|v| v.split(':').nth(1).map(str::to_string))
+        .collect();
+    for dir in log_dirs.split(',') {
+        ensure!(
+            mounts.iter().any(|m| Path::new(dir.trim()).starts_with(m)),
+            "kafka writes to {dir}, which is not in a named volume ({mounts:?}): lost on recreate"
+        );
+    }
+
+    let test = strings(&doc["services"]["postgres"]["healthcheck"]["test"]);
+    ensure!(
+        test.first().map(String::as_str) == Some("CMD-SHELL"),
+        "{test:?}"
+    );
+    let words: Vec<&str> = test
+        .get(1)
+        .context("healthcheck command")?
+        .split_whitespace()
+        .collect();
+    ensure!(words.first() == Some(&"pg_isready"), "{words:?}");
+    let host = words
+        .iter()
+        .position(|w| *w == "-h")
+        .and_then(|i| words.get(i + 1))
+        .context("pg_isready without -h checks the Unix socket, up during the init phase")?;
+    ensure!(
+        *host == "127.0.0.1",
+        "pg_isready -h {host}: the init phase's server listens on the socket only, check TCP"
+    );
+
+    let init = init_script(&doc)?;
+    let mut commands = init
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let first = commands.next().context("empty init script")?;
+    ensure!(
+        first.starts_with("set -")
+            && first
+                .split_whitespace()
+                .nth(1)
+                .is_some_and(|f| f.contains('e')),
+        "the init script must start with set -e (it runs as its own process), not {first:?}"
+    );
+    for line in init
+        .lines()
+        .filter(|l| l.contains("psql ") && !l.trim_start().starts_with('#'))
+    {
+        ensure!(
+            line.contains("-v ON_ERROR_STOP=1"),
+            "psql without ON_ERROR_STOP: {line}"
+        );
+    }
+    Ok(())
+}
+
+/// The compose file's Postgres init script, run as the image runs it (its own process, the
+/// superuser, `POSTGRES_DB` already created): a broken SQL file stops it with an error before
+/// anything else is applied; the shipped `sql/` applies, sets the relay's password and creates the
+/// NotificationService's database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_init_script_fails_on_a_broken_sql_file_and_applies_the_shipped_ones() -> Result<()>
+{
+    let pg = private_postgres().await?;
+    let doc = compose()?;
+    let service = &doc["services"]["postgres"];
+    let env = environment(service)?;
+    let get = |k: &str| {
+        env.get(k)
+            .cloned()
+            .with_context(|| format!("postgres: no {k}"))
+    };
+    let (user, db, relay_pw) = (
+        get("POSTGRES_USER")?,
+        get("POSTGRES_DB")?,
+        get("OUTBOX_RELAY_DB_PASSWORD")?,
+    );
+    ensure!(user == pg.superuser(), "POSTGRES_USER {user}");
+    let sql_target = strings(&service["volumes"])
+        .into_iter()
+        .find(|v| v.starts_with("./sql:"))
+        .and_then(|v| v.split(':').nth(1).map(str::to_string))
+        .context("sql/ is not mounted")?;
+    // Compose turns `$$` into `$` in the content.
+    let script = init_script(&doc)?.replace("$$", "$");
+    let admin = pg.admin("postgres").await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await?;
+
+    let dir = tempfile::tempdir()?;
+    let broken = dir.path().join("sql");
+    std::fs::create_dir(&broken)?;
+    std::fs::write(
+        broken.join("000_broken.sql"),
+        "SELECT nothing FROM no_such_table;\n",
+    )?;
+    for f in outbox_relay_dev::postgres::sql_files()? {
+        std::fs::copy(&f, broken.join(f.file_name().context("file name")?))?;
+    }
+    let run = |sql_dir: &Path, name: &str| -> Result<std::process::Output> {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            script.replace(&sql_target, &sql_dir.to_string_lossy()),
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        let mut cmd = Command::new(&path);
+        cmd.env("PATH", path_with(pg.bin_dir()))
+            .env("POSTGRES_USER", &user)
+            .env("POSTGRES_DB", &db)
+            .env("OUTBOX_RELAY_DB_PASSWORD", &relay_pw)
+            .env("PGHOST", pg.host())
+            .env("PGPORT", pg.port().to_string())
+            .env("PGPASSWORD", pg.superuser_password());
+        Ok(cmd.output()?)
+    };
+
+    let out = run(&broken, "broken.sh")?;
+    let text = output_text(&out);
+    ensure!(
+        !out.status.success() && text.contains("no_such_table"),
+        "a failing SQL file must fail the script: {:?}\n{text}",
+        out.status
+    );
+    let client = pg.admin(&db).await?;
+    let applied: Option<String> = client
+        .query_one("SELECT to_regclass('public.outbox')::text", &[])
+        .await?
+        .get(0);
+    let notification: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = 'notification'",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(
+        applied.is_none() && notification == 0,
+        "the script went on after the failing file (outbox {applied:?}, notification db {notification})\n{text}"
+    );
+
+    let out = run(Path::new(&repo_root().join("sql")), "shipped.sh")?;
+    ensure!(
+        out.status.success(),
+        "the shipped init script failed: {:?}\n{}",
+        out.status,
+        output_text(&out)
+    );
+    let applied: Option<String> = client
+        .query_one("SELECT to_regclass('public.outbox')::text", &[])
+        .await?
+        .get(0);
+    ensure!(applied.as_deref() == Some("outbox"), "outbox: {applied:?}");
+    let notification: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = 'notification'",
+            &[],
+        )
+        .await?
+        .get(0);
+    ensure!(notification == 1, "no notification database");
+    let relay = connect(pg.config(&db, Postgres::RELAY_USER, &relay_pw)).await?;
+    relay
+        .query_one("SELECT count(*) FROM public.outbox", &[])
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers
 
 fn yaml(text: &str, what: &str) -> Result<Yaml> {
@@ -404,4 +596,80 @@ fn code_blocks(text: &str, lang: &str) -> Vec<String> {
         }
     }
     blocks
+}
+
+fn compose() -> Result<Yaml> {
+    yaml(
+        &std::fs::read_to_string(repo_root().join("docker-compose.yml"))?,
+        "docker-compose.yml",
+    )
+}
+
+fn init_script(doc: &Yaml) -> Result<String> {
+    doc["configs"]["postgres-init"]["content"]
+        .as_str()
+        .map(str::to_string)
+        .context("configs.postgres-init.content")
+}
+
+fn scalar(v: &Yaml) -> Option<String> {
+    match v {
+        Yaml::String(s) | Yaml::Real(s) => Some(s.clone()),
+        Yaml::Integer(i) => Some(i.to_string()),
+        Yaml::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn strings(v: &Yaml) -> Vec<String> {
+    match v {
+        Yaml::Array(a) => a.iter().filter_map(scalar).collect(),
+        v => scalar(v).into_iter().collect(),
+    }
+}
+
+fn environment(service: &Yaml) -> Result<HashMap<String, String>> {
+    let map = service["environment"]
+        .as_hash()
+        .context("environment: expected a mapping")?;
+    map.iter()
+        .map(|(k, v)| {
+            let k = k.as_str().context("environment name")?;
+            let v = scalar(v).with_context(|| format!("environment {k}: not a scalar"))?;
+            Ok((k.to_string(), v))
+        })
+        .collect()
+}
+
+/// A private Postgres cluster for a test that rewrites its pg_hba.conf or creates cluster-wide
+/// objects; stopped when dropped.
+async fn private_postgres() -> Result<Postgres> {
+    tokio::task::spawn_blocking(Postgres::start_new)
+        .await
+        .context("start a private Postgres")?
+}
+
+/// `PATH` with `dir` first (the Postgres client of the server's version).
+fn path_with(dir: &Path) -> String {
+    format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+async fn connect(cfg: tokio_postgres::Config) -> Result<tokio_postgres::Client> {
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
 }
