@@ -6,6 +6,10 @@
 //!   sandbox); no `ExecStartPre=` whose refusal systemd would restart; `Documentation=` that exists.
 //! - docker-compose.yml: Kafka's data in its volume, the Postgres healthcheck over TCP, an init script
 //!   that fails the first start on a broken SQL file (run for real against a private Postgres).
+//! - README: the Database setup commands and pg_hba.conf line, run as written against a private
+//!   Postgres; `validate --connect` with the unit's password file; the `created_at` and
+//!   `pg_commit_ts` header forms; which keys environment variables can set; what a build needs;
+//!   several relays on one host sharing the checkpoint topic.
 //!
 //! A systemd manager cannot run here (no systemd as PID 1, and a private one would take over the
 //! machine's cgroups), so the unit checks are static plus `systemd-analyze` and the relay's own exit
@@ -14,11 +18,18 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use outbox_relay::config::{Config, ENV_PREFIX};
 use outbox_relay_dev::relay::find_relay_bin;
-use outbox_relay_dev::{repo_root, Postgres};
+use outbox_relay_dev::{
+    free_port, random_suffix, repo_root, run_cli, shared_servers, verify, wait_until,
+    write_concurrently, Kafka, Postgres, RelayConfig, RelayProcess, WriteSpec,
+};
 use yaml_rust2::{Yaml, YamlLoader};
+
+const READY: &str = "outbox-relay started";
 
 fn bin() -> PathBuf {
     std::env::var_os("CARGO_BIN_EXE_outbox-relay")
@@ -515,6 +526,545 @@ async fn compose_init_script_fails_on_a_broken_sql_file_and_applies_the_shipped_
 }
 
 // ---------------------------------------------------------------------------------------------
+// README: Database setup, run as written
+
+/// The README's psql line applies `sql/` (twice: idempotent) as the superuser; with only the README's
+/// pg_hba.conf line for the relay, the relay streams (its logical replication connection matches the
+/// database's line); with only a `host replication` line instead, it is refused by pg_hba.conf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_setup_as_the_readme_says_lets_the_relay_stream_and_a_replication_line_does_not(
+) -> Result<()> {
+    let _guard = shared_servers().await;
+    let pg = private_postgres().await?;
+    let kafka = Kafka::shared();
+    let readme = std::fs::read_to_string(repo_root().join("README.md"))?;
+    let setup = section(&readme, "Database setup")?;
+
+    let psql = code_blocks(setup, "sh")
+        .into_iter()
+        .flat_map(|b| b.lines().map(str::to_string).collect::<Vec<_>>())
+        .find(|l| l.starts_with("psql "))
+        .context("no psql line in Database setup")?;
+    let words: Vec<&str> = psql.split_whitespace().collect();
+    for (flag, want) in [("-v", "ON_ERROR_STOP=1"), ("-U", pg.superuser())] {
+        let got = words
+            .iter()
+            .position(|w| *w == flag)
+            .and_then(|i| words.get(i + 1));
+        ensure!(
+            got == Some(&want),
+            "README psql: {flag} {got:?}, want {want}: {psql}"
+        );
+    }
+    let dbname = words
+        .iter()
+        .position(|w| *w == "-d")
+        .and_then(|i| words.get(i + 1))
+        .context("README psql: no -d")?
+        .to_string();
+    let admin = pg.admin("postgres").await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {dbname}"))
+        .await?;
+    for round in 1..=2 {
+        let out = Command::new(words[0])
+            .args(&words[1..])
+            .current_dir(repo_root())
+            .env("PATH", path_with(pg.bin_dir()))
+            .env("PGHOST", pg.host())
+            .env("PGPORT", pg.port().to_string())
+            .env("PGPASSWORD", pg.superuser_password())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "README psql line, run {round}: {:?}\n{}",
+            out.status,
+            output_text(&out)
+        );
+    }
+    // The README's `\password outbox_relay` is interactive; this is what it does.
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {} PASSWORD '{}'",
+            Postgres::RELAY_USER,
+            Postgres::RELAY_PASSWORD
+        ))
+        .await?;
+
+    let hba = code_blocks(setup, "text")
+        .into_iter()
+        .flat_map(|b| b.lines().map(str::to_string).collect::<Vec<_>>())
+        .find(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() == 5 && ["host", "hostssl"].contains(&w[0]) && w[2] == Postgres::RELAY_USER
+        })
+        .context("no pg_hba.conf line for the relay in Database setup")?;
+    let fields: Vec<&str> = hba.split_whitespace().collect();
+    ensure!(
+        fields[1] == dbname,
+        "the pg_hba line names database {}, the psql line {dbname}",
+        fields[1]
+    );
+    let documented = format!(
+        "{} {} {} 127.0.0.1/32 {}",
+        fields[0], fields[1], fields[2], fields[4]
+    );
+    set_hba(&pg, &admin, &documented, &dbname).await?;
+
+    let suffix = random_suffix();
+    let topic = format!("t_{suffix}.booking");
+    kafka.create_topic(&topic, 1, &[]).await?;
+    let toml = format!(
+        "[postgres]\nhost = \"{host}\"\nport = {port}\ndbname = \"{dbname}\"\nuser = \"{user}\"\n\
+         password = \"{pw}\"\nslot = \"s_{suffix}\"\n\
+         [kafka]\nbootstrap_servers = \"{bootstrap}\"\ncheckpoint_topic = \"t_{suffix}.checkpoints\"\n\
+         [routing]\ntopic_template = \"t_{suffix}.{{aggregate_type}}\"\n\
+         [retry]\nmax_elapsed_ms = 5000\n[admin]\nlisten = \"\"\n",
+        host = pg.host(),
+        port = pg.port(),
+        user = Postgres::RELAY_USER,
+        pw = Postgres::RELAY_PASSWORD,
+        bootstrap = kafka.bootstrap(),
+    );
+    let mut relay = RelayProcess::spawn(&bin(), &toml, &[])?;
+    relay
+        .wait_for_log(READY, Duration::from_secs(60))
+        .await
+        .with_context(|| format!("relay with only `{documented}`:\n{}", relay.logs()))?;
+    let client = pg.admin(&dbname).await?;
+    let id: uuid::Uuid = client
+        .query_one(
+            "SELECT outbox_write('booking', 'b-1', 'BookingCreated', '{\"n\":1}'::jsonb)",
+            &[],
+        )
+        .await?
+        .get(0);
+    let got = kafka
+        .collect(
+            std::slice::from_ref(&topic),
+            1,
+            Duration::from_secs(60),
+            true,
+        )
+        .await?;
+    ensure!(
+        got.len() == 1 && got[0].header("event_id") == Some(id.to_string().as_str()),
+        "published: {got:?}\n{}",
+        relay.logs()
+    );
+    relay.sigterm()?;
+    ensure!(
+        relay
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .is_some_and(|s| s.success()),
+        "{}",
+        relay.logs()
+    );
+
+    // The line 003_relay_role.sql used to ask for, alone: pg_hba.conf refuses the relay.
+    let replication = "host replication outbox_relay 127.0.0.1/32 scram-sha-256";
+    set_hba(&pg, &admin, replication, "").await?;
+    let config = tempfile::NamedTempFile::new()?;
+    std::fs::write(config.path(), &toml)?;
+    let (status, out, err) = run_cli(
+        &bin(),
+        &[
+            "validate",
+            "--connect",
+            "--config",
+            &config.path().to_string_lossy(),
+        ],
+        &[],
+    )?;
+    ensure!(
+        !status.success(),
+        "validate --connect passed with `{replication}`: {out}"
+    );
+    println!("validate --connect with only `{replication}`: {status:?}\n{err}");
+    let refused = format!(
+        "no pg_hba.conf entry for host \"127.0.0.1\", user \"{}\", database \"{dbname}\"",
+        Postgres::RELAY_USER
+    );
+    let log = std::fs::read_to_string(pg.log_path())?;
+    ensure!(
+        log.contains(&refused),
+        "expected the server to log `{refused}`; validate said {status:?} {err}"
+    );
+    Ok(())
+}
+
+/// Writes pg_hba.conf (local trust, the superuser over TCP, then `relay_line`), reloads, and waits
+/// until the file is in force: the relay role is refused on `postgres`, and (when `db` is given)
+/// admitted to `db`.
+async fn set_hba(
+    pg: &Postgres,
+    admin: &tokio_postgres::Client,
+    relay_line: &str,
+    db: &str,
+) -> Result<()> {
+    let path = pg.data_dir().join("pg_hba.conf");
+    let tmp = pg.data_dir().join("pg_hba.conf.new");
+    std::fs::write(
+        &tmp,
+        format!(
+            "local all all trust\nhost all {} 127.0.0.1/32 scram-sha-256\n{relay_line}\n",
+            pg.superuser()
+        ),
+    )?;
+    // Keep the owner the server runs as (the harness may run it as another user).
+    let meta = std::fs::metadata(&path)?;
+    use std::os::unix::fs::MetadataExt;
+    std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))?;
+    std::fs::rename(&tmp, &path)?;
+    admin.batch_execute("SELECT pg_reload_conf()").await?;
+    let relay = |db: &str| pg.config(db, Postgres::RELAY_USER, Postgres::RELAY_PASSWORD);
+    wait_until(Duration::from_secs(10), "pg_hba.conf reloaded", || async {
+        let outside = connect(relay("postgres")).await.is_err();
+        let inside = db.is_empty() || connect(relay(db)).await.is_ok();
+        Ok((outside && inside).then_some(()))
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// README: validate --connect under the unit's credentials
+
+/// The README's check before enabling the unit works as written: the config holds no password, root
+/// passes the credential file the unit loads. Without the variable it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_validate_connect_line_passes_the_units_password_file() -> Result<()> {
+    let _guard = shared_servers().await;
+    let pg = Postgres::shared();
+    let kafka = Kafka::shared();
+    let db = pg.new_database().await?;
+    let mut cfg = RelayConfig::new(pg, &db, kafka);
+    cfg.unset("postgres.password");
+    cfg.set("retry.max_elapsed_ms", 5000i64);
+
+    let readme = std::fs::read_to_string(repo_root().join("README.md"))?;
+    let lines = joined(&code_blocks(section(&readme, "Running under systemd")?, "sh").join("\n"));
+    let line = lines
+        .iter()
+        .find(|l| l.contains("validate --connect"))
+        .context("no validate --connect line under Running under systemd")?;
+    let mut env = Vec::new();
+    let mut args = Vec::new();
+    for word in line.split_whitespace() {
+        match word.split_once('=') {
+            Some((k, v)) if args.is_empty() && k.starts_with(ENV_PREFIX) => env.push((k, v)),
+            _ => args.push(word),
+        }
+    }
+    let unit = unit_directives(&std::fs::read_to_string(
+        repo_root().join("systemd/outbox-relay.service"),
+    )?);
+    let credential = values(&unit, "LoadCredential")
+        .first()
+        .and_then(|v| v.split_once(':').map(|(_, path)| path.to_string()))
+        .context("LoadCredential=")?;
+    ensure!(
+        env.iter()
+            .any(|(k, v)| *k == "OUTBOX_RELAY__POSTGRES__PASSWORD_FILE" && *v == credential),
+        "the README's line must pass {credential} as the unit does: {line}"
+    );
+    ensure!(args.first() == Some(&"outbox-relay"), "{line}");
+
+    let dir = tempfile::tempdir()?;
+    let password = dir.path().join("pg-password");
+    std::fs::write(&password, format!("{}\n", Postgres::RELAY_PASSWORD))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600))?;
+    let config = dir.path().join("outbox-relay.toml");
+    std::fs::write(&config, cfg.to_toml())?;
+    let args: Vec<String> = args[1..]
+        .iter()
+        .map(|a| {
+            if a.ends_with(".toml") {
+                config.to_string_lossy().into_owned()
+            } else {
+                a.to_string()
+            }
+        })
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let password = password.to_string_lossy().into_owned();
+    let with: Vec<(&str, &str)> = env.iter().map(|(k, _)| (*k, password.as_str())).collect();
+    let (status, out, err) = run_cli(&bin(), &args, &with)?;
+    ensure!(
+        status.success(),
+        "the README's validate --connect line failed: {status:?}\n{out}{err}"
+    );
+    let (status, out, err) = run_cli(&bin(), &args, &[])?;
+    ensure!(
+        status.code() == Some(78) && err.contains("authentication"),
+        "without the password file: {status:?} {out}{err}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// README: the message contract's time headers
+
+/// `created_at` is the column's ISO text in UTC, whatever the writer's time zone, exactly as the
+/// README's example shows (not RFC 3339); `pg_commit_ts` has the form of the README's RFC 3339 example.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_at_and_pg_commit_ts_headers_have_the_documented_forms() -> Result<()> {
+    let _guard = shared_servers().await;
+    let readme = std::fs::read_to_string(repo_root().join("README.md"))?;
+    let example = |row: &str| -> Result<String> {
+        let line = readme
+            .lines()
+            .find(|l| l.starts_with(row))
+            .with_context(|| format!("no README row {row}"))?;
+        line.split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|t| t.starts_with("20"))
+            .last()
+            .map(str::to_string)
+            .with_context(|| format!("no example in {line}"))
+    };
+    let created_example = example("| header `created_at` |")?;
+    let commit_example = example("| headers `pg_lsn`, `pg_xid`, `pg_commit_ts` |")?;
+
+    let pg = Postgres::shared();
+    let kafka = Kafka::shared();
+    let db = pg.new_database().await?;
+    let cfg = RelayConfig::new(pg, &db, kafka);
+    cfg.create_topics(kafka, &["booking"], 1).await?;
+    let mut relay = RelayProcess::spawn(&bin(), &cfg.to_toml(), &[])?;
+    relay.wait_for_log(READY, Duration::from_secs(60)).await?;
+
+    // Written from a session in another time zone, as the README example's instant and two more.
+    let client = db.client().await?;
+    client
+        .batch_execute("SET TimeZone = 'Asia/Kolkata'")
+        .await?;
+    let cases = [
+        (
+            "example",
+            format!("'{created_example}'"),
+            created_example.clone(),
+        ),
+        (
+            "whole",
+            "'2026-11-26 15:30:00+05:30'".to_string(),
+            "2026-11-26 10:00:00+00".to_string(),
+        ),
+        (
+            "half",
+            "'2026-11-26 10:00:00.500+00'".to_string(),
+            "2026-11-26 10:00:00.5+00".to_string(),
+        ),
+    ];
+    for (key, value, _) in &cases {
+        client
+            .batch_execute(&format!(
+                "INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload, created_at) \
+                 VALUES ('booking', '{key}', 'Created', '{{}}', {value})"
+            ))
+            .await?;
+    }
+    let got = kafka
+        .collect(
+            &[cfg.topic_for("booking")],
+            cases.len(),
+            Duration::from_secs(60),
+            true,
+        )
+        .await?;
+    ensure!(got.len() == cases.len(), "{got:?}\n{}", relay.logs());
+    for (key, _, want) in &cases {
+        let r = got
+            .iter()
+            .find(|r| r.key_str() == Some(key))
+            .with_context(|| format!("no record {key}"))?;
+        ensure!(
+            r.header("created_at") == Some(want.as_str()),
+            "{key}: created_at {:?}, want {want:?}",
+            r.header("created_at")
+        );
+        let ts = r.header("pg_commit_ts").context("pg_commit_ts")?;
+        let shape = |s: &str| -> String {
+            s.chars()
+                .map(|c| if c.is_ascii_digit() { '9' } else { c })
+                .collect()
+        };
+        ensure!(
+            shape(ts) == shape(&commit_example),
+            "pg_commit_ts {ts:?} is not of the README's form {commit_example:?}"
+        );
+    }
+    relay.sigterm()?;
+    relay.wait_exit(Duration::from_secs(30)).await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// README: what environment variables can set
+
+/// Variables reach `[routing.topics]` entries for lowercase names without dots, and neither other
+/// entries nor any `[kafka.properties]` one; the file sets all of them.
+#[test]
+fn environment_variables_cannot_set_every_free_form_table_entry_but_the_file_can() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "")?;
+    let load = |path: &Path, vars: &[(&str, &str)]| {
+        let env: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (format!("{ENV_PREFIX}__{k}"), v.to_string()))
+            .collect();
+        Config::load_with_env(path, &env).map(|l| l.config)
+    };
+    let c = load(&empty, &[("ROUTING__TOPICS__BOOKING", "bookings.v1")])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(
+        c.routing.topics.get("booking").map(String::as_str) == Some("bookings.v1"),
+        "{:?}",
+        c.routing.topics
+    );
+    for (var, key) in [
+        ("ROUTING__TOPICS__Booking", "Booking"),
+        ("ROUTING__TOPICS__booking.v2", "booking.v2"),
+    ] {
+        if let Ok(c) = load(&empty, &[(var, "t")]) {
+            ensure!(
+                !c.routing.topics.contains_key(key),
+                "{var} did set routing.topics.{key}: update the README"
+            );
+        }
+    }
+    for var in [
+        "KAFKA__PROPERTIES__linger.ms",
+        "KAFKA__PROPERTIES__LINGER_MS",
+    ] {
+        if let Ok(c) = load(&empty, &[(var, "5")]) {
+            ensure!(
+                !c.kafka.properties.contains_key("linger.ms"),
+                "{var} did set kafka.properties.\"linger.ms\": update the README"
+            );
+        }
+    }
+    let file = dir.path().join("file.toml");
+    std::fs::write(
+        &file,
+        "[kafka.properties]\n\"linger.ms\" = \"5\"\n[routing.topics]\nBooking = \"a\"\n\"booking.v2\" = \"b\"\n",
+    )?;
+    let c = load(&file, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(c.kafka.properties.get("linger.ms").map(String::as_str) == Some("5"));
+    ensure!(c.routing.topics.get("Booking").map(String::as_str) == Some("a"));
+    ensure!(c.routing.topics.get("booking.v2").map(String::as_str) == Some("b"));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// README: what a build needs
+
+/// The README says what `cargo build` needs: the Debian packages the Dockerfile's build stage
+/// installs (but cmake, which the build does not call) and the C and C++ compilers librdkafka's
+/// configure script requires; every other `cargo build` of the README points there.
+#[test]
+fn readme_says_what_building_from_source_needs_where_cargo_build_appears() -> Result<()> {
+    let root = repo_root();
+    let readme = std::fs::read_to_string(root.join("README.md"))?;
+    let building = section(&readme, "Building from source")?;
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile"))?;
+    let install = dockerfile
+        .split("apt-get install")
+        .nth(1)
+        .and_then(|rest| rest.split("&&").next())
+        .context("no apt-get install in the Dockerfile's build stage")?;
+    let packages: Vec<&str> = install
+        .split_whitespace()
+        .filter(|w| !w.starts_with('-') && *w != "\\" && *w != "cmake")
+        .collect();
+    ensure!(packages.contains(&"libssl-dev"), "{packages:?}");
+    for p in packages.iter().copied().chain(["build-essential"]) {
+        ensure!(building.contains(p), "README, Building from source: no {p}");
+    }
+    ensure!(building.contains("C and a C++ compiler") && building.contains("Rust 1.88"));
+    let lines: Vec<&str> = readme.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.contains("cargo build") && !building.contains(line) {
+            let near = lines[i.saturating_sub(1)..(i + 2).min(lines.len())].join(" ");
+            ensure!(
+                near.contains("Building from source") || near.contains("see above"),
+                "README: `{line}` does not say what a build needs"
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// README: several outboxes on one host
+
+/// Two relays as two template instances would run them: two databases (shards), their own slots
+/// and admin ports, one checkpoint topic. Both become ready and each publishes its own outbox exactly
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_on_one_host_share_the_checkpoint_topic_and_each_publishes_exactly_once(
+) -> Result<()> {
+    let _guard = shared_servers().await;
+    let pg = Postgres::shared();
+    let kafka = Kafka::shared();
+    let (orders, billing) = (pg.new_database().await?, pg.new_database().await?);
+    let mut a = RelayConfig::new(pg, &orders, kafka);
+    let mut b = RelayConfig::new(pg, &billing, kafka);
+    b.set("kafka.checkpoint_topic", a.checkpoint_topic.clone());
+    b.set(
+        "routing.topic_template",
+        format!("{}.{{aggregate_type}}", a.topic_prefix),
+    );
+    let (port_a, port_b) = (free_port(), free_port());
+    a.set("admin.listen", format!("127.0.0.1:{port_a}"));
+    b.set("admin.listen", format!("127.0.0.1:{port_b}"));
+    a.create_topics(kafka, &["order", "invoice"], 3).await?;
+    let mut relays = Vec::new();
+    for cfg in [&a, &b] {
+        let mut relay = RelayProcess::spawn(&bin(), &cfg.to_toml(), &[])?;
+        relay.wait_for_log(READY, Duration::from_secs(60)).await?;
+        relays.push(relay);
+    }
+    for port in [port_a, port_b] {
+        wait_until(Duration::from_secs(10), "/ready 200", || async move {
+            Ok(http_status(port, "/ready").await.ok().filter(|c| *c == 200))
+        })
+        .await?;
+    }
+    let spec = |t: &str| WriteSpec {
+        writers: 2,
+        total: 1000,
+        txn_sizes: vec![1, 10],
+        keys_per_writer: 20,
+        aggregate_types: vec![t.to_string()],
+        payload_bytes: 100,
+        batched: true,
+    };
+    let (spec_o, spec_b) = (spec("order"), spec("invoice"));
+    let (wo, wb) = tokio::join!(
+        write_concurrently(&orders, &spec_o),
+        write_concurrently(&billing, &spec_b)
+    );
+    for (written, topic) in [(wo?, a.topic_for("order")), (wb?, a.topic_for("invoice"))] {
+        let got = kafka
+            .collect(&[topic], written.len(), Duration::from_secs(120), true)
+            .await?;
+        verify(&written, &got).assert_exactly_once();
+    }
+    for mut relay in relays {
+        relay.sigterm()?;
+        ensure!(relay
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .is_some_and(|s| s.success()));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers
 
 fn yaml(text: &str, what: &str) -> Result<Yaml> {
@@ -598,6 +1148,28 @@ fn code_blocks(text: &str, lang: &str) -> Vec<String> {
     blocks
 }
 
+/// Shell lines with `\` continuations joined and comment lines dropped.
+fn joined(block: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in block.lines().map(str::trim) {
+        if cur.is_empty() && line.starts_with('#') {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => {
+                cur.push_str(head);
+                cur.push(' ');
+            }
+            None => {
+                cur.push_str(line);
+                out.push(std::mem::take(&mut cur));
+            }
+        }
+    }
+    out
+}
+
 fn compose() -> Result<Yaml> {
     yaml(
         &std::fs::read_to_string(repo_root().join("docker-compose.yml"))?,
@@ -672,4 +1244,19 @@ async fn connect(cfg: tokio_postgres::Config) -> Result<tokio_postgres::Client> 
         let _ = conn.await;
     });
     Ok(client)
+}
+
+/// The status code of `GET path` on the admin port.
+async fn http_status(port: u16, path: &str) -> Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status line in {text:?}"))
 }
