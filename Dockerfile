@@ -6,7 +6,9 @@
 # or mount a TOML file over /etc/outbox-relay/outbox-relay.toml.
 
 FROM rust:1-bookworm AS build
-# librdkafka is built from source by rdkafka-sys: cmake/make, OpenSSL (SASL_SSL, SCRAM) and zlib headers.
+# rdkafka-sys builds librdkafka from source with its configure script and make: gcc, g++ and make (in
+# this image), pkg-config, and the OpenSSL (SASL_SSL, SCRAM) and zlib headers. cmake is not used by this
+# build (rdkafka's cmake-build feature is off); README.md, "Building from source".
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*

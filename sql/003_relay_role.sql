@@ -1,8 +1,11 @@
 -- 003_relay_role.sql: the least-privileged role outbox-relay logs in as.
 -- LOGIN REPLICATION lets it create/read its logical replication slot; it is NOT a superuser, and may read
--- the outbox table only. No password is set here; the operator sets one out of band, e.g.:
---   ALTER ROLE outbox_relay PASSWORD '...';
--- and allows it in pg_hba.conf for both `host <db> outbox_relay` and `host replication outbox_relay` lines.
+-- the outbox table only. Apply as a superuser: Postgres 15 lets only superusers create a REPLICATION role.
+-- No password is set here; the operator sets one out of band, e.g. psql's \password outbox_relay, and
+-- allows the role in pg_hba.conf with the database's own line, e.g.
+--   host  <db>  outbox_relay  <relay address>/32  scram-sha-256
+-- Its replication connection is a logical one: it names the database and matches that line. A
+-- `host replication ...` line is for physical replication only and is not needed (README, Database setup).
 -- CREATE ROLE has no IF NOT EXISTS: the DO block keeps this file idempotent.
 
 DO $$

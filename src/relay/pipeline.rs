@@ -34,7 +34,7 @@ use super::publish::{Published, Publisher};
 use super::settings::{BatchSettings, LiveSettings, RelaySettings};
 use super::tracker::{Change, TrackError, Tracker};
 use crate::decode::{self, OutboxDecoder, PgOutput, Tuple};
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::lsn::Lsn;
 use crate::route::Position;
 use crate::shutdown::Shutdown;
@@ -47,6 +47,8 @@ use crate::telemetry::Status;
 const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Longest an idle loop goes without a turn (each turn ticks the watchdog).
 const TURN: Duration = Duration::from_millis(500);
+/// How long a session that failed waits for the outcome of a commit still running.
+const FINISH_COMMIT: Duration = Duration::from_secs(10);
 /// Buffered stream events handled per turn before the timers get a look.
 const BURST: usize = 256;
 
@@ -171,20 +173,41 @@ impl<'a> Pipeline<'a> {
         }
     }
 
-    /// Ends the session: after an error, abort the open Kafka transaction; close the stream once
-    /// the last acknowledgement reached the server. Returns the refused-record memory.
-    pub async fn finish(self, failed: bool) -> Refusals {
+    /// Ends the session: after an error, learn how a commit still running ended (a fenced commit
+    /// says more than the broken connection that may have ended the loop first) and abort the open
+    /// Kafka transaction; close the stream once the last acknowledgement reached the server.
+    /// Returns the session's result and the refused-record memory.
+    pub async fn finish(self, result: Result<()>) -> (Result<()>, Refusals) {
         let Pipeline {
             mut committer,
             stream,
             status,
             ..
         } = self;
-        if failed && committer.abort() {
-            status.metrics.aborted();
-        }
+        let result = match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let mut e = e;
+                if committer.committing() && e.kind() != Kind::Fenced {
+                    let waited = tokio::time::timeout(FINISH_COMMIT, committer.finished()).await;
+                    if let Ok(Err(commit)) = waited {
+                        if commit.kind() == Kind::Fenced {
+                            tracing::warn!(
+                                "session ended: {} (and its running commit was fenced)",
+                                e.report()
+                            );
+                            e = commit;
+                        }
+                    }
+                }
+                if committer.abort() {
+                    status.metrics.aborted();
+                }
+                Err(e)
+            }
+        };
         stream.close().await;
-        committer.into_refusals()
+        (result, committer.into_refusals())
     }
 
     /// Cuts the assembling Kafka transaction here (with `partial` inside a Postgres transaction).

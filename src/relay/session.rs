@@ -144,7 +144,7 @@ pub async fn run(
         settings, control, stream, tracker, committer, current, live, status,
     );
     let result = pipe.run(shutdown).await;
-    let refusals = pipe.finish(result.is_err()).await;
+    let (result, refusals) = pipe.finish(result).await;
     SessionEnd {
         result,
         streamed: true,

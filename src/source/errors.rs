@@ -106,12 +106,19 @@ pub fn map_sql_error(s: &SourceSettings, what: &str, e: tokio_postgres::Error) -
     let at = s.address();
     if let Some(db) = e.as_db_error() {
         let code = db.code();
-        if *code == SqlState::INVALID_PASSWORD
-            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-        {
+        if *code == SqlState::INVALID_PASSWORD {
             return Error::config(format!(
-                "postgres {at}: authentication failed for user {:?} (check postgres.password / postgres.password_file, and pg_hba.conf)",
+                "postgres {at}: authentication failed for user {:?} (check postgres.password / postgres.password_file)",
                 s.user
+            ))
+            .with_source(e);
+        }
+        if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
+            return Error::config(format!(
+                "postgres {at}: the server refused user {:?} for database {:?}: {} (is there a pg_hba.conf line for this host, database and user? see the README, \"Database setup\")",
+                s.user,
+                s.dbname,
+                db.message()
             ))
             .with_source(e);
         }

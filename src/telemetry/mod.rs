@@ -199,7 +199,7 @@ impl LogLevelHandle {
         if self.env_override {
             return Ok(false);
         }
-        let filter = tracing_subscriber::EnvFilter::try_new(level)
+        let filter = tracing_subscriber::EnvFilter::try_new(with_quiet_transport(level))
             .map_err(|e| format!("log.level: invalid filter {level:?}: {e}"))?;
         self.handle
             .reload(filter)
@@ -217,7 +217,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<LogLevelHandle, String> {
     use tracing_subscriber::EnvFilter;
     let (filter, env_override) = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => (EnvFilter::try_new(v), true),
-        _ => (EnvFilter::try_new(level), false),
+        _ => (EnvFilter::try_new(with_quiet_transport(level)), false),
     };
     let filter = filter.map_err(|e| format!("log.level: invalid filter {level:?}: {e}"))?;
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
@@ -264,6 +264,18 @@ pub fn init(format: LogFormat, level: &str) -> Result<LogLevelHandle, String> {
         handle,
         env_override,
     })
+}
+
+/// `level` with the replication transport's own logs off, unless `level` mentions it: every error
+/// it logs also comes back to the relay as a result, which the relay logs once with its context
+/// (without this a standing-by relay logs "replication worker terminated with error" at ERROR on
+/// every retry, several times a second).
+fn with_quiet_transport(level: &str) -> String {
+    if level.contains("pgwire_replication") {
+        level.to_string()
+    } else {
+        format!("{level},pgwire_replication=off")
+    }
 }
 
 /// Test hook (documented in the README, "Test hook"): `OUTBOX_RELAY_TEST_STALL_AFTER_READY=<seconds>`

@@ -387,7 +387,8 @@ async fn soak(events: usize, kills: usize) -> Result<()> {
 /// its slot are published once, before the stream, across kill -9 during the snapshot and after,
 /// while writers keep writing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rows_already_in_the_table_are_published_once_by_the_snapshot_across_kills() -> Result<()> {
+async fn the_rows_already_in_the_table_are_published_once_by_the_snapshot_across_kills(
+) -> Result<()> {
     let _guard = shared_servers().await;
     let types = ["booking", "car"];
     let (db, mut cfg) = setup(&types).await?;

@@ -8,6 +8,7 @@ mod dead_letters;
 mod exactly_once;
 mod harness;
 mod one_writer;
+mod operations;
 mod order;
 mod security;
 mod service;

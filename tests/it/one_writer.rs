@@ -99,14 +99,10 @@ async fn a_frozen_relay_is_fenced_by_its_successor_and_publishes_nothing() -> Re
     zombie(false).await
 }
 
-/// The same zombie must count its fence in `outbox_relay_fenced_total`.
-///
-/// FAILING TODAY (relay behaviour, issue 11 item 10), hence ignored: on SIGCONT the zombie's due
-/// commit starts and librdkafka reports it fenced (`_FENCED`), but the loop first reads the
-/// error of its terminated replication stream, so the session ends as a Postgres error and
-/// `Status::session_error` never sees "was fenced". Run: `dev/test one_writer:: -- --ignored`.
+/// The same zombie must count its fence in `outbox_relay_fenced_total`: on SIGCONT its due commit
+/// starts and is refused as fenced, while the loop may first read the error of its terminated
+/// replication stream; the session's end waits for the running commit and reports the fence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails today: a zombie whose stream died first does not count its fence (issue 11 item 10)"]
 async fn a_fenced_zombie_counts_its_fence_in_the_fenced_metric() -> Result<()> {
     zombie(true).await
 }

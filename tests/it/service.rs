@@ -75,7 +75,7 @@ fn systemd_unit_verifies_and_its_exposure_is_at_most_2() -> Result<()> {
     // The example config is valid, and the unit's restart policy matches the exit codes.
     let out = cli_on(&root.join("systemd/outbox-relay.toml"), &["validate"], &[])?;
     ensure!(out.status.success(), "example config: {}", out.text());
-    ensure!(unit.contains("RestartPreventExitStatus=78 65 70"));
+    ensure!(unit.contains("RestartPreventExitStatus=78 65 70 64"));
     ensure!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
     Ok(())
 }
