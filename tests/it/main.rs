@@ -8,6 +8,7 @@ mod core;
 mod docs;
 mod faults;
 mod foundation;
+mod messages;
 mod poison;
 mod security;
 mod service;
