@@ -8,6 +8,7 @@
 
 mod debezium;
 mod floor;
+mod messages;
 mod procstat;
 
 use std::collections::HashMap;
@@ -1340,6 +1341,10 @@ fn to_json(opts: &Opts, report: &Report, total: Duration) -> serde_json::Value {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
+    // The monolith's writer cost, table vs message: Postgres only, no relay (messages.rs).
+    if std::env::args().any(|a| a == "--messages-writer") {
+        return messages::main().await;
+    }
     let opts = Opts::parse()?;
     let t0 = *started();
     let load0 = loadavg();
