@@ -25,6 +25,21 @@ pub enum Reason {
     InvalidBytea,
     /// An "unchanged TOAST" datum, which an insert cannot carry.
     UnchangedToast,
+    // --- decode: a message's envelope (`outbox_emit`) ---
+    /// Not UTF-8, not JSON, or not a JSON object.
+    EnvelopeNotJson,
+    /// A key appears twice (which one to believe is undefined).
+    EnvelopeDuplicateField,
+    /// `v` is an integer this relay does not read.
+    EnvelopeUnknownVersion,
+    /// A required key is absent or `null`.
+    EnvelopeMissingField,
+    /// A key holds the wrong JSON type.
+    EnvelopeWrongType,
+    /// `id` is not a UUID.
+    EnvelopeInvalidId,
+    /// `created_at` is not an ISO 8601 timestamp with a UTC offset.
+    EnvelopeInvalidCreatedAt,
     // --- route: where the record goes and what it carries ---
     /// `routing.strict` and no `[routing.topics]` entry for the aggregate type.
     Unroutable,
@@ -58,6 +73,13 @@ impl Reason {
         Reason::InvalidUtf8,
         Reason::InvalidBytea,
         Reason::UnchangedToast,
+        Reason::EnvelopeNotJson,
+        Reason::EnvelopeDuplicateField,
+        Reason::EnvelopeUnknownVersion,
+        Reason::EnvelopeMissingField,
+        Reason::EnvelopeWrongType,
+        Reason::EnvelopeInvalidId,
+        Reason::EnvelopeInvalidCreatedAt,
         Reason::Unroutable,
         Reason::InvalidTopic,
         Reason::PayloadNotJson,
@@ -79,6 +101,13 @@ impl Reason {
             Reason::InvalidUtf8 => "invalid_utf8",
             Reason::InvalidBytea => "invalid_bytea",
             Reason::UnchangedToast => "unchanged_toast",
+            Reason::EnvelopeNotJson => "envelope_not_json",
+            Reason::EnvelopeDuplicateField => "envelope_duplicate_field",
+            Reason::EnvelopeUnknownVersion => "envelope_unknown_version",
+            Reason::EnvelopeMissingField => "envelope_missing_field",
+            Reason::EnvelopeWrongType => "envelope_wrong_type",
+            Reason::EnvelopeInvalidId => "envelope_invalid_id",
+            Reason::EnvelopeInvalidCreatedAt => "envelope_invalid_created_at",
             Reason::Unroutable => "unroutable",
             Reason::InvalidTopic => "invalid_topic",
             Reason::PayloadNotJson => "payload_not_json",

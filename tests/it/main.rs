@@ -7,6 +7,7 @@ mod clear_failure;
 mod dead_letters;
 mod exactly_once;
 mod harness;
+mod messages;
 mod one_writer;
 mod operations;
 mod order;

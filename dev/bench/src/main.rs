@@ -12,6 +12,7 @@ mod debezium;
 mod floor;
 mod helpers;
 mod limit;
+mod messages;
 mod observers;
 mod opts;
 mod output;
@@ -42,6 +43,10 @@ const PARTITIONS: i32 = 3;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
+    // The monolith's writer cost, table vs message: Postgres only, no relay (messages.rs).
+    if std::env::args().any(|a| a == "--messages-writer") {
+        return messages::main().await;
+    }
     let opts = Opts::parse()?;
     let t0 = *started();
     let load0 = loadavg();
