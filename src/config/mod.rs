@@ -220,6 +220,13 @@ pub struct OutboxConfig {
     /// The outbox table as `schema.table` (no schema means `public`). Unquoted names fold to lowercase as in
     /// SQL; double-quote a part to keep its case: `"Sales"."Outbox"`.
     pub table: String,
+    /// Where events come from: `table` (rows inserted into `outbox.table`), `messages` (transactional
+    /// logical decoding messages with `message_prefix`, written by `outbox_emit`; Postgres 14+), or
+    /// `both` (one stream in commit order; the rows and messages of one transaction keep their order).
+    pub events_from: EventsFrom,
+    /// The prefix of the relay's messages (`outbox_emit`'s last argument). Messages with another
+    /// prefix are someone else's and are ignored (counted). Not empty.
+    pub message_prefix: String,
     /// When the relay creates its slot, first publish the rows already in the table (the snapshot
     /// Postgres exports at the slot's creation, so "in the snapshot" and "in the stream" never overlap
     /// or leave a gap), then stream. Off by default: an outbox is normally empty.
@@ -236,10 +243,36 @@ impl Default for OutboxConfig {
     fn default() -> Self {
         Self {
             table: "public.outbox".into(),
+            events_from: EventsFrom::Table,
+            message_prefix: "outbox".into(),
             snapshot: false,
             snapshot_order_by: String::new(),
             columns: ColumnsConfig::default(),
         }
+    }
+}
+
+string_enum! {
+    /// `outbox.events_from`
+    EventsFrom, default Table {
+        /// Rows inserted into `outbox.table` (the publication must publish it).
+        Table = "table",
+        /// Transactional messages with `outbox.message_prefix` (`outbox_emit`), Postgres 14+.
+        Messages = "messages",
+        /// Both, as they were committed.
+        Both = "both",
+    }
+}
+
+impl EventsFrom {
+    /// Rows of the table are events.
+    pub fn rows(self) -> bool {
+        matches!(self, Self::Table | Self::Both)
+    }
+
+    /// Messages with the prefix are events.
+    pub fn messages(self) -> bool {
+        matches!(self, Self::Messages | Self::Both)
     }
 }
 

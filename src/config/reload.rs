@@ -81,7 +81,8 @@ reload_table! {
         connect_timeout_ms => RESTART, status_interval_ms => RESTART,
     }
     "outbox" => outbox: OutboxConfig {
-        table => RESTART, snapshot => RESTART, snapshot_order_by => RESTART, columns => NESTED,
+        table => RESTART, events_from => RESTART, message_prefix => RESTART, snapshot => RESTART,
+        snapshot_order_by => RESTART, columns => NESTED,
     }
     "outbox.columns" => outbox.columns: ColumnsConfig {
         id => RESTART, aggregate_type => RESTART, aggregate_id => RESTART, event_type => RESTART,

@@ -81,6 +81,15 @@ pub(super) fn validate(c: &Config) -> Check {
     ] {
         not_empty(key, value)?;
     }
+    if c.outbox.message_prefix.is_empty() {
+        return err("outbox.message_prefix", "must not be empty");
+    }
+    if c.outbox.snapshot && !c.outbox.events_from.rows() {
+        return err(
+            "outbox.snapshot",
+            "a snapshot publishes the table's rows, but outbox.events_from = \"messages\"",
+        );
+    }
     if c.outbox.snapshot && c.outbox.snapshot_order_column().is_none() {
         return err(
             "outbox.snapshot_order_by",

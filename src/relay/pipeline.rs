@@ -33,10 +33,9 @@ use tokio::sync::watch;
 use super::publish::{Published, Publisher};
 use super::settings::{BatchSettings, LiveSettings, RelaySettings};
 use super::tracker::{Change, TrackError, Tracker};
-use crate::decode::{self, OutboxDecoder, PgOutput, Tuple};
+use crate::decode::{self, MessageDecoder, MessageEvent, OutboxDecoder, PgOutput};
 use crate::error::{Error, Kind, Result};
 use crate::lsn::Lsn;
-use crate::route::Position;
 use crate::shutdown::Shutdown;
 use crate::sink::{Committer, Outcome, Partial, Refusals};
 use crate::source::{Control, SourceEvent, Stream};
@@ -63,6 +62,8 @@ pub struct Pipeline<'a> {
     decoder: OutboxDecoder,
     /// Rows into records (or dead letters) into the committer.
     publisher: Publisher,
+    /// Messages of the relay's prefix, when `outbox.events_from` includes them.
+    messages: Option<MessageDecoder>,
     /// Batch limits in force (reloadable).
     batch: BatchSettings,
     live: &'a mut watch::Receiver<LiveSettings>,
@@ -102,6 +103,10 @@ impl<'a> Pipeline<'a> {
                 settings.columns.clone(),
             ),
             publisher: Publisher::new(settings, live_now.router, status),
+            messages: settings
+                .events_from
+                .messages()
+                .then(|| MessageDecoder::new(settings.message_prefix.clone())),
             batch: live_now.batch,
             live,
             status: status.clone(),
@@ -304,7 +309,12 @@ impl<'a> Pipeline<'a> {
                 }
                 Ok(())
             }
-            SourceEvent::Message { .. } => Ok(()),
+            SourceEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => self.message(transactional, lsn, &prefix, content),
             SourceEvent::KeepAlive { wal_end } => {
                 self.wal_end = self.wal_end.max(wal_end);
                 self.status
@@ -328,20 +338,19 @@ impl<'a> Pipeline<'a> {
             // which were published under the old mapping.
             PgOutput::Relation(rel) => self.decoder.relation(rel),
             PgOutput::Insert { relation_id, tuple } => {
+                if !self.settings.events_from.rows() {
+                    return Err(Error::config(format!(
+                        "postgres: publication {:?} sends rows, but outbox.events_from = \"messages\": remove the table from the publication, or set events_from = \"both\"",
+                        self.settings.source.publication
+                    )));
+                }
                 let pos = match self.tracker.change(lsn).map_err(track_error)? {
                     Change::Skip => return Ok(()),
                     Change::Publish(pos) => pos,
                 };
-                self.insert(pos, relation_id, tuple)?;
-                // Split a big Postgres transaction: commit what is assembled, with a partial
-                // checkpoint that says how many of its changes are published.
-                if self.stop_after.is_none() {
-                    if let Some(partial) =
-                        self.tracker.split_due(self.committer.fill(), &self.batch)
-                    {
-                        self.decide(Some(partial))?;
-                    }
-                }
+                let row = self.decoder.insert(relation_id, tuple);
+                let published = self.publisher.row(&mut self.committer, row, &pos)?;
+                self.after_change(published)?;
             }
             // The publication is insert-only; other changes are not events.
             PgOutput::Update { .. } | PgOutput::Delete { .. } | PgOutput::Truncate { .. } => {}
@@ -355,17 +364,68 @@ impl<'a> Pipeline<'a> {
         Ok(())
     }
 
-    /// One new outbox row: publish it (or dead-letter it); with `on_error = "stop"`, cut before it
-    /// and stop once the cut is committed.
-    fn insert(&mut self, pos: Position, relation_id: u32, tuple: Tuple) -> Result<()> {
-        let row = self.decoder.insert(relation_id, tuple);
-        if let Published::Stop(e) = self.publisher.row(&mut self.committer, row, &pos)? {
+    /// A logical decoding message. With messages enabled, a transactional one with the relay's
+    /// prefix is one change of its transaction, published like a row; others are counted, never
+    /// published (a non-transactional one is outside any commit: it cannot be exactly-once).
+    fn message(
+        &mut self,
+        transactional: bool,
+        lsn: Lsn,
+        prefix: &str,
+        content: Bytes,
+    ) -> Result<()> {
+        let Some(decoder) = &self.messages else {
+            return Ok(());
+        };
+        match decoder.decode(transactional, prefix, content) {
+            MessageEvent::OtherPrefix => {
+                self.status.metrics.message_ignored("other_prefix");
+                Ok(())
+            }
+            MessageEvent::NonTransactional { event_id } => {
+                self.status.metrics.message_ignored("non_transactional");
+                tracing::warn!(
+                    pg_lsn = %lsn,
+                    event_id = event_id.as_deref().unwrap_or("-"),
+                    "a non-transactional message with the relay's prefix was not published: it belongs to no commit, so it cannot be published exactly once (write events with outbox_emit, which is transactional)"
+                );
+                Ok(())
+            }
+            event => {
+                let pos = match self.tracker.change(lsn).map_err(track_error)? {
+                    Change::Skip => return Ok(()),
+                    Change::Publish(pos) => pos,
+                };
+                let published = match event {
+                    MessageEvent::Event(row) => {
+                        self.publisher.row(&mut self.committer, Ok(row), &pos)?
+                    }
+                    MessageEvent::Malformed(e) => {
+                        self.publisher.malformed(&mut self.committer, e, &pos)?
+                    }
+                    _ => return Ok(()),
+                };
+                self.after_change(published)
+            }
+        }
+    }
+
+    /// After a published change: stop before a bad row (`on_error = "stop"`), or split a big
+    /// Postgres transaction (commit what is assembled with a partial checkpoint).
+    fn after_change(&mut self, published: Published) -> Result<()> {
+        if let Published::Stop(e) = published {
             // Publish everything before the bad row (a cut at this row), acknowledge up to the
             // end of the last whole transaction, and stop: a restart begins at this row.
             if !self.committer.fill().is_empty() {
                 self.decide(self.tracker.partial_before_current())?;
             }
             self.stop_after = Some(e);
+            return Ok(());
+        }
+        if self.stop_after.is_none() {
+            if let Some(partial) = self.tracker.split_due(self.committer.fill(), &self.batch) {
+                self.decide(Some(partial))?;
+            }
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::settings::{OnError, RelaySettings};
-use crate::decode::{InsertError, OutboxRow, RowError};
+use crate::decode::{EnvelopeError, InsertError, OutboxRow, RowError};
 use crate::error::{Error, Kind, Result};
 use crate::reason::{Reason, Refusal};
 use crate::route::deadletter::DeadLetters;
@@ -26,6 +26,8 @@ use crate::telemetry::{Status, TxnStats};
 enum BadRow {
     /// Its columns could not be read.
     Raw(RowError),
+    /// A message of the relay's prefix whose envelope cannot be read.
+    Envelope(EnvelopeError),
     /// Decoded, not routable (or refused on an earlier attempt).
     Row(OutboxRow, Refusal),
     /// Routed, not publishable (topic, size).
@@ -36,6 +38,7 @@ impl BadRow {
     fn refusal(&self) -> Refusal {
         match self {
             BadRow::Raw(e) => Refusal::new(e.reason, e.detail.clone()),
+            BadRow::Envelope(e) => Refusal::new(e.reason, e.detail.clone()),
             BadRow::Row(_, r) | BadRow::Record(_, r) => r.clone(),
         }
     }
@@ -43,6 +46,7 @@ impl BadRow {
     fn event_id(&self) -> Option<String> {
         match self {
             BadRow::Raw(e) => e.event_id.clone(),
+            BadRow::Envelope(e) => e.event_id.clone(),
             BadRow::Row(row, _) => Some(row.id.clone()),
             BadRow::Record(rec, _) => rec
                 .event_id
@@ -142,6 +146,16 @@ impl Publisher {
         Ok(Published::Queued)
     }
 
+    /// A message of the relay's prefix whose envelope cannot be published: a bad row.
+    pub fn malformed(
+        &mut self,
+        committer: &mut Committer,
+        e: EnvelopeError,
+        pos: &Position,
+    ) -> Result<Published> {
+        self.bad_row(committer, BadRow::Envelope(e), pos)
+    }
+
     /// A row that cannot be published: dead-letter it in the open transaction, or report stop.
     fn bad_row(
         &mut self,
@@ -169,6 +183,7 @@ impl Publisher {
         );
         let rec = match bad {
             BadRow::Raw(e) => dead_letters.from_raw(e, pos),
+            BadRow::Envelope(e) => dead_letters.from_envelope(e, pos),
             BadRow::Row(row, refusal) => {
                 let intended = self.router.topic(&row.aggregate_type).ok();
                 dead_letters.from_row(row, intended.as_ref(), pos, &refusal)

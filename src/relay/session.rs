@@ -544,13 +544,38 @@ pub async fn preflight(settings: &RelaySettings) -> Result<Vec<String>> {
     let control = Control::connect(src).await?;
     let src = control.settings();
     control.check_server().await?;
-    report.push(format!(
-        "postgres {}: wal_level logical, publication {:?} covers {}.{}, columns present",
-        src.address(),
-        src.publication,
-        src.table_schema,
-        src.table_name
-    ));
+    if src.table_events {
+        report.push(format!(
+            "postgres {}: wal_level logical, publication {:?} covers {}.{}, columns present",
+            src.address(),
+            src.publication,
+            src.table_schema,
+            src.table_name
+        ));
+    } else {
+        report.push(format!(
+            "postgres {}: wal_level logical, publication {:?} exists (events come from messages only)",
+            src.address(),
+            src.publication
+        ));
+    }
+    if src.message_events {
+        let function = control
+            .client()
+            .query_opt("SELECT 1 FROM pg_proc WHERE proname = 'outbox_emit'", &[])
+            .await
+            .map_err(|e| control.sql_error("reading pg_proc", e))?;
+        report.push(match function {
+            Some(_) => format!(
+                "postgres: messages with prefix {:?} are events; outbox_emit() is installed",
+                settings.message_prefix
+            ),
+            None => format!(
+                "postgres: warning: messages with prefix {:?} are events, but outbox_emit() is not installed in database {:?} (apply sql/005_emit_event.sql)",
+                settings.message_prefix, src.dbname
+            ),
+        });
+    }
     let version = control.version();
     report.push(format!(
         "postgres: server version {}.{}{}",

@@ -53,6 +53,10 @@ pub struct RelaySettings {
     pub snapshot: bool,
     /// The column ordering the snapshot.
     pub snapshot_order: Option<String>,
+    /// Where events come from (`outbox.events_from`).
+    pub events_from: crate::config::EventsFrom,
+    /// The prefix of the relay's messages.
+    pub message_prefix: String,
 }
 
 /// The settings a SIGHUP reload may change while the relay runs (the keys
@@ -103,6 +107,8 @@ impl RelaySettings {
             },
             snapshot: cfg.outbox.snapshot,
             snapshot_order: cfg.outbox.snapshot_order_column().map(str::to_string),
+            events_from: cfg.outbox.events_from,
+            message_prefix: cfg.outbox.message_prefix.clone(),
         }
     }
 

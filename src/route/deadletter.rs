@@ -23,7 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{standard_headers, txn_header_values, Header, Position, Record};
-use crate::decode::{ColumnMap, OutboxRow, RowError};
+use crate::decode::{ColumnMap, EnvelopeError, OutboxRow, RowError};
 use crate::reason::{Reason, Refusal};
 
 /// Builds dead-letter records for one dead-letter topic.
@@ -123,6 +123,23 @@ impl DeadLetters {
             .cloned()
             .unwrap_or_default();
         self.finish(event_id, key, value, headers, refusal.reason)
+    }
+
+    /// A message of the relay's prefix whose envelope cannot be published: its whole content as
+    /// the value, its `aggregate_id` as the key when readable.
+    pub fn from_envelope(&self, err: EnvelopeError, pos: &Position) -> Record {
+        let (xid, ts) = txn_header_values(pos);
+        let mut headers: Vec<Header> = Vec::with_capacity(6);
+        let event_id = err.event_id.map(Bytes::from);
+        if let Some(id) = &event_id {
+            headers.push((Cow::Borrowed("event_id"), id.clone()));
+        }
+        headers.push((Cow::Borrowed("pg_lsn"), Bytes::from(pos.lsn.to_string())));
+        headers.push((Cow::Borrowed("pg_xid"), xid));
+        headers.push((Cow::Borrowed("pg_commit_ts"), ts));
+        let refusal = Refusal::new(err.reason, err.detail);
+        headers.extend(dlq_headers(&refusal, None, None));
+        self.finish(event_id, err.key, err.content, headers, refusal.reason)
     }
 
     fn finish(

@@ -164,20 +164,28 @@ impl Control {
                 "postgres {at}: wal_level is {wal_level:?}, logical replication needs \"logical\" (set wal_level = logical in postgresql.conf and restart Postgres)"
             )));
         }
-        let table = self
-            .client
-            .query_opt(
-                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-                &[&s.table_schema, &s.table_name],
-            )
-            .await
-            .map_err(|e| self.err("reading pg_class", e))?;
-        if table.is_none() {
+        if s.message_events && self.version < 140_000 {
             return Err(Error::config(format!(
-                "postgres {at}: table {}.{} does not exist in database {:?} (outbox.table; create it with sql/001_outbox.sql)",
-                s.table_schema, s.table_name, s.dbname
+                "postgres {at}: outbox.events_from includes messages, which need Postgres 14 or later (pgoutput's messages option); this server is {}",
+                self.version
             )));
+        }
+        if s.table_events {
+            let table = self
+                .client
+                .query_opt(
+                    "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                    &[&s.table_schema, &s.table_name],
+                )
+                .await
+                .map_err(|e| self.err("reading pg_class", e))?;
+            if table.is_none() {
+                return Err(Error::config(format!(
+                    "postgres {at}: table {}.{} does not exist in database {:?} (outbox.table; create it with sql/001_outbox.sql)",
+                    s.table_schema, s.table_name, s.dbname
+                )));
+            }
         }
         let pub_row = self
             .client
@@ -193,6 +201,9 @@ impl Control {
                 s.publication, s.dbname
             )));
         };
+        if !s.table_events {
+            return Ok(());
+        }
         let pubinsert: bool = pub_row.get(0);
         if !pubinsert {
             return Err(Error::config(format!(

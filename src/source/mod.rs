@@ -54,6 +54,10 @@ pub struct SourceSettings {
     pub create_slot: bool,
     /// Make the slot a failover slot (Postgres 17+).
     pub failover_slot: bool,
+    /// Rows of the outbox table are events (`outbox.events_from`: table or both).
+    pub table_events: bool,
+    /// Messages of the relay's prefix are events (messages or both): Postgres 14+.
+    pub message_events: bool,
     /// Outbox table schema.
     pub table_schema: String,
     /// Outbox table name.
@@ -129,6 +133,8 @@ impl SourceSettings {
             publication: pg.publication.clone(),
             create_slot: pg.create_slot,
             failover_slot: pg.failover_slot,
+            table_events: cfg.outbox.events_from.rows(),
+            message_events: cfg.outbox.events_from.messages(),
             table_schema,
             table_name,
             required_columns: required,
@@ -174,6 +180,8 @@ pub enum SourceEvent {
         lsn: Lsn,
         /// Its prefix.
         prefix: String,
+        /// Its content (for the relay's prefix: an `outbox_emit` envelope).
+        content: Bytes,
     },
     /// The server's heartbeat: everything before `wal_end` has been sent.
     KeepAlive {
@@ -200,6 +208,8 @@ pub(crate) mod tests {
             publication: "outbox_pub".into(),
             create_slot: true,
             failover_slot: true,
+            table_events: true,
+            message_events: false,
             table_schema: "public".into(),
             table_name: "outbox".into(),
             required_columns: vec![],

@@ -301,11 +301,12 @@ impl Stream {
                     transactional,
                     lsn,
                     prefix,
-                    ..
+                    content,
                 } => SourceEvent::Message {
                     transactional,
                     lsn: Lsn(lsn.as_u64()),
                     prefix,
+                    content,
                 },
                 ReplicationEvent::KeepAlive { wal_end, .. } => SourceEvent::KeepAlive {
                     wal_end: Lsn(wal_end.as_u64()),

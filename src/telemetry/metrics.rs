@@ -60,6 +60,10 @@ pub const LAST_COMMIT_AGE: &str = "outbox_relay_last_commit_age_seconds";
 pub const ERRORS: &str = "outbox_relay_errors_total";
 /// Times this instance was fenced by another relay with the same `transactional.id`.
 pub const FENCED: &str = "outbox_relay_fenced_total";
+/// Logical decoding messages not published, by reason (label `reason`: `other_prefix`, messages of
+/// another prefix; `non_transactional`, messages of the relay's prefix written outside a transaction,
+/// which cannot be exactly-once and are never published).
+pub const MESSAGES_IGNORED: &str = "outbox_relay_messages_ignored_total";
 /// Configuration reloads (SIGHUP) by result (label `result`: applied, refused, failed).
 pub const RELOADS: &str = "outbox_relay_config_reloads_total";
 
@@ -83,6 +87,7 @@ pub const ALL: &[&str] = &[
     LAST_COMMIT_AGE,
     ERRORS,
     FENCED,
+    MESSAGES_IGNORED,
     RELOADS,
 ];
 
@@ -106,6 +111,11 @@ struct WalStatusLabel {
 
 /// The values of `pg_replication_slots.wal_status`, in order of danger.
 pub const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -132,6 +142,7 @@ pub struct Metrics {
     pub(crate) last_commit_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     errors: Family<ClassLabel, Counter>,
     fenced: Counter,
+    messages_ignored: Family<ReasonLabel, Counter>,
     reloads: Family<ResultLabel, Counter>,
 }
 
@@ -187,6 +198,7 @@ impl Metrics {
             last_commit_age: Gauge::default(),
             errors: Family::default(),
             fenced: Counter::default(),
+            messages_ignored: Family::default(),
             reloads: Family::default(),
             registry: Registry::default(),
         };
@@ -272,6 +284,11 @@ impl Metrics {
             m.fenced.clone(),
         );
         registry.register(
+            base(MESSAGES_IGNORED),
+            "Logical decoding messages not published, by reason",
+            m.messages_ignored.clone(),
+        );
+        registry.register(
             base(RELOADS),
             "Configuration reloads (SIGHUP) by result",
             m.reloads.clone(),
@@ -343,6 +360,13 @@ impl Metrics {
     /// This instance was fenced.
     pub fn fenced(&self) {
         self.fenced.inc();
+    }
+
+    /// A logical decoding message was not published (`other_prefix`, `non_transactional`).
+    pub fn message_ignored(&self, reason: &'static str) {
+        self.messages_ignored
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// A SIGHUP reload ended with `result` (applied, refused, failed).

@@ -475,3 +475,254 @@ async fn only_outbox_writers_may_emit_and_nulls_are_refused() -> Result<()> {
     ensure!(events.len() == 3, "nothing else arrived: {events:?}");
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// The relay publishing messages (`outbox.events_from`), against Kafka.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use outbox_relay_dev::{verify, write_concurrently, Kafka, NewEvent, Via};
+
+use crate::support::{
+    bin, random_pause, scrape, setup, spec, start, stop, topics, verdict, wait_published,
+    wait_records,
+};
+
+/// Events written only as messages (`outbox_emit`), kill -9 eight times while writers write: every
+/// committed event exactly once, in order per key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_written_as_messages_survive_kill9_exactly_once() -> Result<()> {
+    let _guard = shared_servers().await;
+    let types = ["booking", "car"];
+    let (db, mut cfg) = setup(&types).await?;
+    cfg.set("outbox.events_from", "messages");
+    let topics = topics(&cfg, &types);
+    let mut relay = start(&cfg).await?;
+    let writer = {
+        let mut s = spec(20_000, &types, &[1, 5, 50], 2);
+        s.via = Via::Messages;
+        let db = db.clone();
+        tokio::spawn(async move { write_concurrently(&db, &s).await })
+    };
+    for _ in 0..8 {
+        tokio::time::sleep(random_pause(200..1_000)).await;
+        relay.kill9().await?;
+        relay = relay.respawn(&bin(), &[])?;
+    }
+    let written = writer.await??;
+    wait_published(&topics, &written, Duration::from_secs(180)).await?;
+    stop(&mut relay).await?;
+    let v = verdict(&topics, &written).await?;
+    eprintln!("messages, kill -9 x8: {v}");
+    v.assert_exactly_once();
+    Ok(())
+}
+
+/// `events_from = "both"`: a transaction mixing rows and messages keeps its order per key and
+/// becomes visible all at once (one Postgres transaction, one Kafka transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_mixing_rows_and_messages_keeps_its_order_and_is_visible_at_once(
+) -> Result<()> {
+    let _guard = shared_servers().await;
+    let types = ["booking"];
+    let (db, mut cfg) = setup(&types).await?;
+    cfg.set("outbox.events_from", "both");
+    cfg.set("batch.max_events", 1i64);
+    let topics = topics(&cfg, &types);
+    let mut relay = start(&cfg).await?;
+    let mut client = db.client().await?;
+    let mut written = Vec::new();
+    for round in 0..10 {
+        let tx = client.transaction().await?;
+        for i in 0..20 {
+            let key = format!("mixed-{}", i % 3);
+            let payload = format!("{{\"round\":{round},\"i\":{i}}}");
+            let function = if i % 2 == 0 {
+                "outbox_write"
+            } else {
+                "outbox_emit"
+            };
+            let row = tx
+                .query_one(
+                    &format!("SELECT {function}('booking', $1, 'Changed', $2::text::jsonb), ($2::text::jsonb)::text"),
+                    &[&key, &payload],
+                )
+                .await?;
+            written.push(outbox_relay_dev::Written {
+                id: row.get(0),
+                aggregate_type: "booking".into(),
+                aggregate_id: key,
+                event_type: "Changed".into(),
+                payload: row.get(1),
+            });
+        }
+        tx.commit().await?;
+    }
+    wait_published(&topics, &written, Duration::from_secs(60)).await?;
+    stop(&mut relay).await?;
+    let received = Kafka::shared().collect(&topics).await?;
+    verify(&written, &received).assert_exactly_once();
+    // One Postgres transaction never spans two Kafka transactions (a commit marker between
+    // consecutive offsets of a partition separates two Kafka transactions).
+    let mut by_partition: HashMap<i32, Vec<(i64, String)>> = HashMap::new();
+    for r in &received {
+        by_partition
+            .entry(r.partition)
+            .or_default()
+            .push((r.offset, r.header("pg_xid").unwrap_or("").to_string()));
+    }
+    for (partition, mut rows) in by_partition {
+        rows.sort();
+        let mut run = 0;
+        let mut run_of_xid: HashMap<String, usize> = HashMap::new();
+        for (i, (offset, xid)) in rows.iter().enumerate() {
+            if i > 0 && *offset != rows[i - 1].0 + 1 {
+                run += 1;
+            }
+            let first = *run_of_xid.entry(xid.clone()).or_insert(run);
+            ensure!(
+                first == run,
+                "xid {xid} split over two Kafka transactions in partition {partition}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A message transaction past `batch.split_events` is published in parts and survives a kill
+/// midway: every event once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_transaction_is_split_and_survives_a_kill() -> Result<()> {
+    let _guard = shared_servers().await;
+    let types = ["booking"];
+    let (db, mut cfg) = setup(&types).await?;
+    cfg.set("outbox.events_from", "messages");
+    cfg.set("batch.split_events", 2_000i64);
+    let topics = topics(&cfg, &types);
+    let mut relay = start(&cfg).await?;
+    let rows: Vec<NewEvent> = (0..30_000)
+        .map(|i| {
+            NewEvent::new(
+                "booking",
+                &format!("big-{}", i % 20),
+                "Bulk",
+                &format!("{{\"i\":{i}}}"),
+            )
+        })
+        .collect();
+    let mut client = db.client().await?;
+    let written = outbox_relay_dev::write_emitted(&mut client, &rows).await?;
+    // Kill once part of it is committed, then let a new process finish it.
+    wait_records(&topics, 2_000, Duration::from_secs(60)).await?;
+    relay.kill9().await?;
+    relay = relay.respawn(&bin(), &[])?;
+    wait_published(&topics, &written, Duration::from_secs(120)).await?;
+    stop(&mut relay).await?;
+    let v = verdict(&topics, &written).await?;
+    eprintln!("30k-message transaction split at 2k, killed midway: {v}");
+    v.assert_exactly_once();
+    Ok(())
+}
+
+/// Malformed envelopes are dead-lettered with their reasons; a rolled-back transaction's messages
+/// never appear; a non-transactional message with the relay's prefix is counted, never published;
+/// another prefix is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_envelopes_are_dead_lettered_and_nothing_uncommitted_is_published() -> Result<()>
+{
+    let _guard = shared_servers().await;
+    let types = ["booking"];
+    let (db, mut cfg) = setup(&types).await?;
+    let kafka = Kafka::shared();
+    let dlq = format!("{}.dead_letter", cfg.topic_prefix);
+    kafka.create_topic(&dlq, 1, &[]).await?;
+    cfg.set("errors.dead_letter_topic", dlq.clone());
+    cfg.set("outbox.events_from", "messages");
+    let topics = topics(&cfg, &types);
+    let relay = start(&cfg).await?;
+    let client = db.client().await?;
+    let emit = |content: &str| {
+        format!(
+            "SELECT pg_logical_emit_message(true, 'outbox', {})",
+            literal(content)
+        )
+    };
+    let id = "8d3c7c1e-2b0a-4f0e-9d6a-1f7b5e2c4a90";
+    let cases: Vec<(String, &str)> = vec![
+        ("{nope".into(), "envelope_not_json"),
+        (format!(r#"{{"v":2,"id":"{id}","aggregate_type":"booking","aggregate_id":"k","event_type":"E","payload":{{}}}}"#), "envelope_unknown_version"),
+        (r#"{"v":1,"aggregate_type":"booking","aggregate_id":"k","event_type":"E","payload":{}}"#.into(), "envelope_missing_field"),
+        (r#"{"v":1,"id":"not-a-uuid","aggregate_type":"booking","aggregate_id":"k","event_type":"E","payload":{}}"#.into(), "envelope_invalid_id"),
+        (format!(r#"{{"v":1,"id":"{id}","aggregate_type":"booking","aggregate_id":7,"event_type":"E","payload":{{}}}}"#), "envelope_wrong_type"),
+    ];
+    for (content, _) in &cases {
+        client.batch_execute(&emit(content)).await?;
+    }
+    // A rolled-back transaction's message, a non-transactional one, another prefix's: none published.
+    client
+        .batch_execute(
+            "BEGIN; SELECT outbox_emit('booking', 'rolled-back', 'E', '{}'::jsonb); ROLLBACK",
+        )
+        .await?;
+    client
+        .batch_execute("SELECT pg_logical_emit_message(false, 'outbox', '{\"v\":1}')")
+        .await?;
+    client
+        .batch_execute("SELECT pg_logical_emit_message(true, 'someone-else', 'x')")
+        .await?;
+    let good: uuid::Uuid = client
+        .query_one(
+            "SELECT outbox_emit('booking', 'good', 'E', '{\"ok\":true}'::jsonb)",
+            &[],
+        )
+        .await?
+        .get(0);
+    wait_records(
+        std::slice::from_ref(&dlq),
+        cases.len(),
+        Duration::from_secs(60),
+    )
+    .await?;
+    wait_records(&topics, 1, Duration::from_secs(60)).await?;
+    let m = scrape(&relay).await?;
+    ensure!(
+        m.get(
+            "outbox_relay_messages_ignored_total",
+            "reason=\"non_transactional\""
+        ) >= 1.0,
+        "non-transactional message not counted:\n{}",
+        m.text
+    );
+    ensure!(
+        m.get(
+            "outbox_relay_messages_ignored_total",
+            "reason=\"other_prefix\""
+        ) >= 1.0,
+        "other prefix not counted"
+    );
+    let mut relay = relay;
+    stop(&mut relay).await?;
+    let dead = kafka.collect(std::slice::from_ref(&dlq)).await?;
+    let mut reasons: Vec<&str> = dead.iter().filter_map(|r| r.header("dlq_reason")).collect();
+    reasons.sort_unstable();
+    let mut want: Vec<&str> = cases.iter().map(|(_, r)| *r).collect();
+    want.sort_unstable();
+    ensure!(reasons == want, "dead letters {reasons:?}, want {want:?}");
+    for r in &dead {
+        ensure!(
+            r.header("pg_lsn").is_some() && r.header("dlq_detail").is_some(),
+            "{r:?}"
+        );
+    }
+    let published = kafka.collect(&topics).await?;
+    ensure!(
+        published.len() == 1 && published[0].header("event_id") == Some(good.to_string().as_str()),
+        "only the committed good event may be published: {published:?}"
+    );
+    Ok(())
+}
+
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}

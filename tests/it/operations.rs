@@ -1035,6 +1035,7 @@ async fn two_shards_on_one_host_share_the_checkpoint_topic_and_each_publishes_ex
         aggregate_types: vec![t.to_string()],
         payload_bytes: 100,
         batched: true,
+        via: outbox_relay_dev::Via::Table,
     };
     let (spec_o, spec_b) = (spec("order"), spec("invoice"));
     let (wo, wb) = tokio::join!(

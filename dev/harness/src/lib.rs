@@ -18,8 +18,8 @@ pub mod verify;
 pub use kafka::{Kafka, Record, Watch};
 pub use outbox_relay::Lsn;
 pub use postgres::{
-    write_batched, write_concurrently, write_txn, NewEvent, Postgres, SlotInfo, TestDb, WriteSpec,
-    Written,
+    write_batched, write_concurrently, write_emitted, write_txn, NewEvent, Postgres, SlotInfo,
+    TestDb, Via, WriteSpec, Written,
 };
 pub use proxy::Proxy;
 pub use relay::{http_get, run_cli, RelayConfig, RelayProcess};

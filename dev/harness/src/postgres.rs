@@ -606,6 +606,55 @@ pub async fn write_batched(client: &mut Client, rows: &[NewEvent]) -> Result<Vec
         .collect()
 }
 
+/// Events as logical decoding messages (`outbox_emit`, sql/005), one statement per transaction,
+/// in order; returns the committed events in write order (ids from `outbox_emit`).
+pub async fn write_emitted(client: &mut Client, rows: &[NewEvent]) -> Result<Vec<Written>> {
+    let types: Vec<&str> = rows.iter().map(|r| r.aggregate_type.as_str()).collect();
+    let aggs: Vec<&str> = rows.iter().map(|r| r.aggregate_id.as_str()).collect();
+    let evs: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+    let payloads: Vec<&str> = rows.iter().map(|r| r.payload.as_str()).collect();
+    let headers: Vec<Option<&str>> = rows.iter().map(|r| r.headers.as_deref()).collect();
+    let tx = client.transaction().await?;
+    // The sorted subquery fixes the order in which outbox_emit runs (= the messages' WAL order).
+    let returned = tx
+        .query(
+            "SELECT outbox_emit(u.at, u.ai, u.et, u.p::jsonb, u.h::jsonb), (u.p::jsonb)::text \
+             FROM (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                   WITH ORDINALITY AS x(at, ai, et, p, h, n) ORDER BY x.n) AS u",
+            &[&types, &aggs, &evs, &payloads, &headers],
+        )
+        .await?;
+    tx.commit().await?;
+    if returned.len() != rows.len() {
+        bail!(
+            "outbox_emit returned {} rows for {}",
+            returned.len(),
+            rows.len()
+        );
+    }
+    Ok(returned
+        .iter()
+        .zip(rows)
+        .map(|(row, r)| Written {
+            id: row.get(0),
+            aggregate_type: r.aggregate_type.clone(),
+            aggregate_id: r.aggregate_id.clone(),
+            event_type: r.event_type.clone(),
+            payload: row.get(1),
+        })
+        .collect())
+}
+
+/// How [`write_concurrently`] writes events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Via {
+    /// Rows of the outbox table.
+    #[default]
+    Table,
+    /// Logical decoding messages (`outbox_emit`).
+    Messages,
+}
+
 /// What [`write_concurrently`] writes.
 #[derive(Debug, Clone)]
 pub struct WriteSpec {
@@ -623,6 +672,8 @@ pub struct WriteSpec {
     pub payload_bytes: usize,
     /// One INSERT ... SELECT per transaction (fast) instead of one outbox_write call per row.
     pub batched: bool,
+    /// Rows or messages.
+    pub via: Via,
 }
 
 impl Default for WriteSpec {
@@ -635,6 +686,7 @@ impl Default for WriteSpec {
             aggregate_types: vec!["booking".into(), "payment".into()],
             payload_bytes: 300,
             batched: true,
+            via: Via::Table,
         }
     }
 }
@@ -689,7 +741,9 @@ async fn write_one_writer(
                 NewEvent::new(aggregate_type, &aggregate_id, "Written", &payload)
             })
             .collect();
-        let written = if spec.batched {
+        let written = if spec.via == Via::Messages {
+            write_emitted(&mut client, &rows).await?
+        } else if spec.batched {
             write_batched(&mut client, &rows).await?
         } else {
             write_txn(&mut client, &rows).await?

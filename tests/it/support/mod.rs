@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use outbox_relay_dev::relay::find_relay_bin;
 use outbox_relay_dev::{
-    run_cli, verify, wait_until, Kafka, Postgres, RelayConfig, RelayProcess, TestDb, Verdict,
+    run_cli, verify, wait_until, Kafka, Postgres, RelayConfig, RelayProcess, TestDb, Verdict, Via,
     WriteSpec, Written,
 };
 use rand::Rng;
@@ -66,6 +66,7 @@ pub fn spec(total: usize, types: &[&str], sizes: &[usize], writers: usize) -> Wr
         aggregate_types: types.iter().map(|s| s.to_string()).collect(),
         payload_bytes: 300,
         batched: true,
+        via: Via::Table,
     }
 }
 
