@@ -454,6 +454,57 @@ async fn a_slot_advanced_behind_the_relays_back_stops_it_with_70() -> Result<()>
     Ok(())
 }
 
+/// A slot dropped while the relay is down, with a checkpoint in Kafka, is a lost slot: the relay
+/// stops with 70 naming it and the recovery, and creates no new slot (whatever `create_slot` says),
+/// since a fresh slot would start at the server's current position and skip every event between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_slot_with_a_checkpoint_stops_with_70_and_no_new_slot_is_made() -> Result<()> {
+    let _guard = shared_servers().await;
+    let types = ["booking"];
+    let (db, cfg) = setup(&types).await?;
+    let mut relay = start(&cfg).await?;
+    let mut client = db.client().await?;
+    let written = write_txn(
+        &mut client,
+        &[NewEvent::new("booking", "b1", "Created", "{}")],
+    )
+    .await?;
+    wait_published(&topics(&cfg, &types), &written, Duration::from_secs(60)).await?;
+    stop(&mut relay).await?;
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&cfg.slot])
+        .await?;
+    // Events written meanwhile: a new slot would never see them.
+    write_txn(
+        &mut client,
+        &[NewEvent::new("booking", "b2", "Created", "{}")],
+    )
+    .await?;
+    let mut relay = relay.respawn(&bin(), &[])?;
+    let status = relay
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .context("relay kept running")?;
+    let logs = relay.logs();
+    ensure!(status.code() == Some(70), "exit {status:?}\n{logs}");
+    ensure!(
+        logs.contains("does not exist, but the checkpoint")
+            && logs.contains("was lost")
+            && logs.contains("backfill")
+            && logs.contains("reset-checkpoint"),
+        "{logs}"
+    );
+    ensure!(
+        !logs.contains("behind the relay's back"),
+        "a lost slot is not a moved one:\n{logs}"
+    );
+    ensure!(
+        slot_info(&client, &cfg.slot).await?.is_none(),
+        "the relay made a new slot"
+    );
+    Ok(())
+}
+
 /// In a SQL_ASCII database a text column can hold bytes that are not UTF-8. The walsender then
 /// refuses to send the row (it converts to the session's UTF-8): no client can see it, so the
 /// relay stops with a clear message and exit 65 instead of reconnecting forever.
