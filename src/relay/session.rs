@@ -25,6 +25,7 @@ use super::pipeline::Pipeline;
 use super::settings::{LiveSettings, OnError, RelaySettings};
 use super::tracker::Tracker;
 use crate::error::{Error, Result};
+use crate::lsn::Lsn;
 use crate::shutdown::Shutdown;
 use crate::sink::{
     self, checkpoint, Checkpoint, CheckpointKey, Committer, MetadataClient, Producer, Refusals,
@@ -202,7 +203,14 @@ async fn acquire(
             ))
         })?;
         let checkpoint = resume_point(src, sink, key, &slot, checkpoint)?;
-        check_timeline(src, sink, key, &stream, &checkpoint)?;
+        check_timeline(
+            src,
+            sink,
+            key,
+            stream.timeline,
+            &stream.history,
+            &checkpoint,
+        )?;
         Ok::<_, Error>((producer, checkpoint))
     }
     .await;
@@ -240,7 +248,7 @@ fn read_checkpoint(
 }
 
 /// Step 5: where to resume, checking that the slot never passed the checkpoint.
-fn resume_point(
+pub(crate) fn resume_point(
     src: &SourceSettings,
     sink: &SinkSettings,
     key: &CheckpointKey,
@@ -277,17 +285,17 @@ fn resume_point(
 /// the fork point is shared history; past it, the old timeline's transactions (published, in
 /// Kafka) may be missing on this server, and new ones reuse those LSNs, so the client-side skip
 /// would drop them silently. Stop instead, naming the fork.
-fn check_timeline(
+pub(crate) fn check_timeline(
     src: &SourceSettings,
     sink: &SinkSettings,
     key: &CheckpointKey,
-    stream: &Stream,
+    now: u32,
+    history: &[(u32, Lsn)],
     cp: &Checkpoint,
 ) -> Result<()> {
     let Some(was) = cp.timeline else {
         return Ok(());
     };
-    let now = stream.timeline;
     if was == now {
         return Ok(());
     }
@@ -298,8 +306,7 @@ fn check_timeline(
             sink.checkpoint_topic
         )));
     }
-    let fork = stream
-        .history
+    let fork = history
         .iter()
         .find(|(tli, _)| *tli == was)
         .map(|(_, at)| *at);
@@ -332,7 +339,7 @@ fn check_timeline(
 
 /// The slot is missing but a checkpoint says events were published from it: a new slot would
 /// start at the server's current position and silently skip everything in between.
-fn lost_slot(
+pub(crate) fn lost_slot(
     src: &SourceSettings,
     sink: &SinkSettings,
     key: &CheckpointKey,

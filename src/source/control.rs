@@ -129,8 +129,14 @@ impl Control {
             .get(0))
     }
 
-    fn err(&self, what: &str, e: tokio_postgres::Error) -> Error {
+    /// Sorts an error of this connection (SQLSTATE -> what the caller must do).
+    pub(crate) fn err(&self, what: &str, e: tokio_postgres::Error) -> Error {
         map_sql_error(&self.settings, what, e)
+    }
+
+    /// The SQL session itself, for read-only diagnostics of catalogs and settings (`doctor`).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Every check that does not need the slot: wal_level, publication, table and columns.

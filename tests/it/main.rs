@@ -6,6 +6,7 @@ mod badconfig;
 mod common;
 mod core;
 mod docs;
+mod doctor;
 mod faults;
 mod foundation;
 mod poison;
