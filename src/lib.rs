@@ -15,6 +15,7 @@ pub mod error;
 pub mod lsn;
 pub mod reason;
 pub mod relay;
+pub mod reset;
 pub mod route;
 pub mod shutdown;
 pub mod sighup;

@@ -403,12 +403,24 @@ impl Producer {
     /// Produces the checkpoint and commits the open transaction (opening one for a
     /// checkpoint-only commit). Returns only once the broker confirmed the commit.
     pub fn commit(&mut self, cp: &Checkpoint) -> std::result::Result<(), CommitError> {
+        self.commit_record(Some(&cp.encode()))
+    }
+
+    /// Commits a tombstone for our checkpoint key (`reset-checkpoint`): the relay's next start
+    /// finds no checkpoint and publishes from the slot's position.
+    pub fn commit_tombstone(&mut self) -> std::result::Result<(), CommitError> {
+        self.commit_record(None)
+    }
+
+    /// Produces the checkpoint record (`None`: a tombstone) and commits the open transaction.
+    fn commit_record(&mut self, value: Option<&[u8]>) -> std::result::Result<(), CommitError> {
         self.begin().map_err(CommitError::Session)?;
-        let value = cp.encode();
         let mut record = BaseRecord::with_opaque_to(&self.settings.checkpoint_topic, usize::MAX)
             .partition(0)
-            .key(self.checkpoint_key.as_str().as_bytes())
-            .payload(&value);
+            .key(self.checkpoint_key.as_str().as_bytes());
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => break,

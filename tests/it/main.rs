@@ -10,6 +10,7 @@ mod doctor;
 mod faults;
 mod foundation;
 mod poison;
+mod reset;
 mod security;
 mod service;
 mod ship;
