@@ -138,7 +138,7 @@ pub async fn run(plan: &Plan, pg: &Facts, out: &mut Vec<Check>) {
             ));
             out.push(Check::skip(
                 KAFKA,
-                "other checks",
+                "remaining",
                 "the other Kafka checks need the brokers",
             ));
             return;

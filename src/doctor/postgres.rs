@@ -183,7 +183,7 @@ pub async fn run(s: &SourceSettings, out: &mut Vec<Check>) -> Facts {
             ));
             out.push(Check::skip(
                 PG,
-                "other checks",
+                "remaining",
                 "the other Postgres checks need a connection",
             ));
             return facts;
@@ -305,13 +305,13 @@ async fn checks(
         Check::ok(
             PG,
             "max_wal_senders",
-            format!("{used_senders} of {max_senders} used, the relay's among them"),
+            format!("{used_senders} of {max_senders} used, the relay's walsender among them"),
         )
     } else if used_senders < max_senders {
         Check::ok(
             PG,
             "max_wal_senders",
-            format!("{used_senders} of {max_senders} used: room for the relay's"),
+            format!("{used_senders} of {max_senders} used: room for the relay's walsender"),
         )
     } else {
         Check::fail(
@@ -453,7 +453,7 @@ async fn checks(
             out.push(refused(
                 "replication_connection",
                 s,
-                "the replication connection was refused",
+                "replication connection",
                 &e,
                 client_addr,
             ));
@@ -598,7 +598,7 @@ async fn publication(
     if !table_exists {
         f.add(
             Status::Skip,
-            format!("whether it covers {table} (the table does not exist)"),
+            format!("cannot tell whether it covers {table}: the table does not exist"),
             None,
         );
     } else {

@@ -106,10 +106,12 @@ fn doctor(cfg: &RelayConfig, extra: &[&str]) -> Result<Doctor> {
         !out.contains(Postgres::RELAY_PASSWORD) && !text.contains(Postgres::RELAY_PASSWORD),
         "the password leaked"
     );
+    let text = format!("{text}{text_err}");
+    eprintln!("doctor {extra:?}: exit {:?}\n{text}", status.code());
     Ok(Doctor {
         code: status.code(),
         json,
-        text: format!("{text}{text_err}"),
+        text,
     })
 }
 
@@ -204,7 +206,7 @@ async fn a_private_cluster_healthy_then_broken_step_by_step() -> Result<()> {
         "max_wal_senders",
         None,
         "ok",
-        &["1 of 100 used, the relay's among them"],
+        &["1 of 100 used, the relay's walsender among them"],
         &[],
     )?;
     d.expect(
@@ -341,6 +343,14 @@ async fn a_private_cluster_healthy_then_broken_step_by_step() -> Result<()> {
     pg.restart().await?;
     let d = doctor(&cfg, &[])?;
     ensure!(d.code == FAILED, "{}", d.text);
+    // The dropped slot, with a checkpoint in Kafka: the relay would stop (lost slot).
+    d.expect(
+        "resume",
+        None,
+        "fail",
+        &["does not exist, but the checkpoint", "the slot was lost"],
+        &["\"Lost slot\""],
+    )?;
     d.expect(
         "wal_level",
         None,
@@ -381,7 +391,12 @@ async fn publications_without_the_table_or_publishing_updates() -> Result<()> {
         .batch_execute(
             "CREATE TABLE other (id int); \
              CREATE PUBLICATION other_pub FOR TABLE other WITH (publish = 'insert'); \
-             CREATE PUBLICATION all_ops_pub FOR TABLE public.outbox",
+             CREATE PUBLICATION all_ops_pub FOR TABLE public.outbox; \
+             CREATE PUBLICATION cols_pub FOR TABLE public.outbox (id, aggregate_type, aggregate_id) \
+               WITH (publish = 'insert'); \
+             CREATE PUBLICATION filter_pub FOR TABLE public.outbox WHERE (aggregate_type <> 'x') \
+               WITH (publish = 'insert'); \
+             CREATE PUBLICATION all_tables_pub FOR ALL TABLES WITH (publish = 'insert')",
         )
         .await?;
 
@@ -415,6 +430,37 @@ async fn publications_without_the_table_or_publishing_updates() -> Result<()> {
         d.text
     );
     ensure!(d.code == Some(0), "{}", d.text);
+
+    // A column list without the mapped columns: the relay could not decode the rows.
+    cfg.set("postgres.publication", "cols_pub");
+    let d = doctor(&cfg, &[])?;
+    ensure!(d.code == FAILED, "{}", d.text);
+    d.expect(
+        "publication",
+        None,
+        "fail",
+        &["its column list leaves out event_type, payload"],
+        &["ALTER PUBLICATION cols_pub SET TABLE public.outbox"],
+    )?;
+    // A row filter keeps rows from the relay; FOR ALL TABLES sends it every table's inserts.
+    cfg.set("postgres.publication", "filter_pub");
+    let d = doctor(&cfg, &[])?;
+    d.expect(
+        "publication",
+        None,
+        "warn",
+        &["a row filter", "aggregate_type <> 'x'"],
+        &["(no WHERE)"],
+    )?;
+    cfg.set("postgres.publication", "all_tables_pub");
+    let d = doctor(&cfg, &[])?;
+    d.expect(
+        "publication",
+        None,
+        "warn",
+        &["FOR ALL TABLES"],
+        &["CREATE PUBLICATION all_tables_pub FOR TABLE public.outbox WITH (publish = 'insert')"],
+    )?;
     Ok(())
 }
 
@@ -446,7 +492,7 @@ async fn a_role_without_replication_or_without_select() -> Result<()> {
         "replication_connection",
         None,
         "fail",
-        &["refused"],
+        &["refused for user", "must be superuser or replication role"],
         &[&format!("ALTER ROLE {role} LOGIN REPLICATION")],
     )?;
     d.expect("select", None, "ok", &[], &[])?;
@@ -542,7 +588,7 @@ async fn an_unreachable_bootstrap_fails_fast_and_postgres_is_still_checked() -> 
         &[&format!("127.0.0.1:{closed}"), "unreachable"],
         &["kafka.bootstrap_servers"],
     )?;
-    d.expect("other checks", None, "skip", &["need the brokers"], &[])?;
+    d.expect("remaining", None, "skip", &["need the brokers"], &[])?;
     d.expect("wal_level", None, "ok", &[], &[])?;
     Ok(())
 }
