@@ -484,6 +484,16 @@ fn judge_topic(role: Role, name: &str, t: &Topic, production: bool) -> Check {
             ),
         }
     }
+    if t.min_insync.is_none() {
+        f.add(
+            Status::Ok,
+            format!(
+                "its configuration was not readable ({}; the relay's principal lacks DESCRIBE_CONFIGS on the topic?)",
+                t.config_error.as_deref().unwrap_or("not in the brokers' answer")
+            ),
+            None,
+        );
+    }
     if let Some(m) = t.min_insync {
         if m > t.replication {
             f.add(
