@@ -10,10 +10,12 @@
 
 pub mod config;
 pub mod decode;
+pub mod doctor;
 pub mod error;
 pub mod lsn;
 pub mod reason;
 pub mod relay;
+pub mod reset;
 pub mod route;
 pub mod shutdown;
 pub mod sighup;

@@ -29,9 +29,28 @@ Exit codes:
       checkpoint unreadable, timeline diverged): read the message and the README runbook
   78  configuration error (a key, a credential, a missing table/publication/slot/topic)
 systemd's unit does not restart on 64, 65, 70 or 78.
+`status` exits 0, 1 or 2 (ok, warning, critical); `doctor` and `reset-checkpoint` list their
+codes in their own --help.
 
 The configuration file is --config, else $OUTBOX_RELAY_CONFIG, else
 /etc/outbox-relay/outbox-relay.toml; OUTBOX_RELAY__<SECTION>__<KEY> variables override its keys.";
+
+/// `doctor`'s exit codes.
+const DOCTOR_EXIT_CODES: &str = "\
+Exit codes:
+  0   no check failed (warnings allowed)
+  3   at least one check failed (its fix is printed under it)
+  78  the configuration cannot be read or is invalid";
+
+/// `reset-checkpoint`'s exit codes.
+const RESET_EXIT_CODES: &str = "\
+Exit codes:
+  0   written, or --dry-run, or nothing to reset
+  64  --yes missing: shown, nothing written
+  65  --to-lsn refused (below the slot's confirmed_flush_lsn, past the server's WAL, or no slot)
+  69  a server is unavailable
+  75  a relay holds the slot: stop it first (nothing written)
+  78  configuration error (or the checkpoint topic does not exist)";
 
 /// Default configuration file.
 const DEFAULT_CONFIG: &str = "/etc/outbox-relay/outbox-relay.toml";
@@ -69,9 +88,44 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
         /// Also connect to both servers and check wal_level, the table, the publication, the slot
-        /// and the topics. Changes nothing.
+        /// and the topics. Changes nothing. The fast check (what the unit runs before start): it
+        /// stops at the first problem; `doctor` lists everything, with fixes.
         #[arg(long)]
         connect: bool,
+    },
+    /// Check everything that decides whether the relay will work, one line each (ok, warn, fail,
+    /// skip) with the fix. Changes nothing. `validate --connect` stays the fast check.
+    #[command(after_help = DOCTOR_EXIT_CODES)]
+    Doctor {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Prove WRITE on each topic by writing one record in a Kafka transaction that is then
+        /// aborted (invisible to read_committed consumers; read_uncommitted ones see it). Only
+        /// while no relay runs: it uses the relay's transactional.id.
+        #[arg(long)]
+        probe_writes: bool,
+    },
+    /// Reset the relay's checkpoint in Kafka: a tombstone for its key (the relay next publishes
+    /// from the slot's position), or with --to-lsn a checkpoint at that position. Shows first
+    /// what it would reset; writes only with --yes, and never while a relay holds the slot.
+    #[command(after_help = RESET_EXIT_CODES)]
+    ResetCheckpoint {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Write a checkpoint at this position (Postgres' X/Y form) on the server's current
+        /// timeline instead of a tombstone: the relay then publishes the transactions committed
+        /// at or after it (e.g. the fork point after a timeline divergence).
+        #[arg(long, value_name = "X/Y")]
+        to_lsn: Option<outbox_relay::Lsn>,
+        /// Show what would be reset and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirm: without it nothing is written.
+        #[arg(long)]
+        yes: bool,
     },
     /// Show the slot, the checkpoint in Kafka, the lag and who holds the slot. Read-only.
     Status {
@@ -102,6 +156,39 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(config.config),
         Command::Validate { config, connect } => validate(config.config, connect),
+        Command::Doctor {
+            config,
+            json,
+            probe_writes,
+        } => {
+            let cfg = match load(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            runtime().block_on(outbox_relay::doctor::run(
+                &config.config,
+                &cfg,
+                json,
+                probe_writes,
+            ))
+        }
+        Command::ResetCheckpoint {
+            config,
+            to_lsn,
+            dry_run,
+            yes,
+        } => {
+            let cfg = match load(&config.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let opts = outbox_relay::reset::Options {
+                to_lsn,
+                dry_run,
+                yes,
+            };
+            runtime().block_on(outbox_relay::reset::run(&cfg, opts))
+        }
         Command::Status { config, json } => {
             let cfg = match load(&config.config) {
                 Ok(c) => c,

@@ -26,6 +26,7 @@ use super::settings::{LiveSettings, OnError, RelaySettings};
 use super::snapshot;
 use super::tracker::Tracker;
 use crate::error::{Error, Result};
+use crate::lsn::Lsn;
 use crate::shutdown::Shutdown;
 use crate::sink::{
     self, checkpoint, Checkpoint, CheckpointKey, Committer, MetadataClient, Producer, Refusals,
@@ -345,7 +346,14 @@ async fn acquire(
             ))
         })?;
         let checkpoint = resume_point(src, sink, key, &slot, checkpoint)?;
-        check_timeline(src, sink, key, &stream, &checkpoint)?;
+        check_timeline(
+            src,
+            sink,
+            key,
+            stream.timeline,
+            &stream.history,
+            &checkpoint,
+        )?;
         Ok::<_, Error>((producer, checkpoint))
     }
     .await;
@@ -383,7 +391,7 @@ fn read_checkpoint(
 }
 
 /// Step 5: where to resume, checking that the slot never passed the checkpoint.
-fn resume_point(
+pub(crate) fn resume_point(
     src: &SourceSettings,
     sink: &SinkSettings,
     key: &CheckpointKey,
@@ -421,17 +429,17 @@ fn resume_point(
 /// the fork point is shared history; past it, the old timeline's transactions (published, in
 /// Kafka) may be missing on this server, and new ones reuse those LSNs, so the client-side skip
 /// would drop them silently. Stop instead, naming the fork.
-fn check_timeline(
+pub(crate) fn check_timeline(
     src: &SourceSettings,
     sink: &SinkSettings,
     key: &CheckpointKey,
-    stream: &Stream,
+    now: u32,
+    history: &[(u32, Lsn)],
     cp: &Checkpoint,
 ) -> Result<()> {
     let Some(was) = cp.timeline else {
         return Ok(());
     };
-    let now = stream.timeline;
     if was == now {
         return Ok(());
     }
@@ -442,8 +450,7 @@ fn check_timeline(
             sink.checkpoint_topic
         )));
     }
-    let fork = stream
-        .history
+    let fork = history
         .iter()
         .find(|(tli, _)| *tli == was)
         .map(|(_, at)| *at);
@@ -476,7 +483,7 @@ fn check_timeline(
 
 /// The slot is missing but a checkpoint says events were published from it: a new slot would
 /// start at the server's current position and silently skip everything in between.
-fn lost_slot(
+pub(crate) fn lost_slot(
     src: &SourceSettings,
     sink: &SinkSettings,
     key: &CheckpointKey,

@@ -35,6 +35,9 @@ use crate::error::{Error, Result};
 use crate::reason::{Reason, Refusal};
 use crate::route::Record;
 
+/// The key of `doctor --probe-writes`' aborted records.
+pub const PROBE_KEY: &str = "outbox-relay-doctor-probe";
+
 /// The first delivery failure since the transaction began (the largest record for "too large").
 #[derive(Debug, Clone)]
 struct DeliveryFailure {
@@ -58,12 +61,20 @@ pub struct SinkContext {
     failure: Mutex<Option<DeliveryFailure>>,
     auth_failure: Mutex<Option<String>>,
     logged: Mutex<HashMap<String, Instant>>,
+    /// The last ERROR-level line librdkafka logged (e.g. why a transaction failed), for messages.
+    last_error_log: Mutex<Option<String>>,
 }
 
 impl SinkContext {
     /// The first SASL authentication failure reported, if any.
     pub fn auth_failure(&self) -> Option<String> {
         self.auth_failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// The last ERROR-level line librdkafka logged, if any (for messages only: errors are
+    /// sorted by code, never by this text).
+    pub fn last_error_log(&self) -> Option<String> {
+        self.last_error_log.lock().ok().and_then(|f| f.clone())
     }
 
     /// Whether a message keyed `key` should be logged now (first time, or after [`LOG_REPEAT`]).
@@ -87,6 +98,9 @@ impl ClientContext for SinkContext {
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
             | RDKafkaLogLevel::Error => {
+                if let Ok(mut last) = self.last_error_log.lock() {
+                    *last = Some(format!("{fac}: {log_message}"));
+                }
                 if self.should_log(format!("{fac}:{log_message}")) {
                     tracing::error!(target: "librdkafka", fac, "{log_message}")
                 }
@@ -389,12 +403,24 @@ impl Producer {
     /// Produces the checkpoint and commits the open transaction (opening one for a
     /// checkpoint-only commit). Returns only once the broker confirmed the commit.
     pub fn commit(&mut self, cp: &Checkpoint) -> std::result::Result<(), CommitError> {
+        self.commit_record(Some(&cp.encode()))
+    }
+
+    /// Commits a tombstone for our checkpoint key (`reset-checkpoint`): the relay's next start
+    /// finds no checkpoint and publishes from the slot's position.
+    pub fn commit_tombstone(&mut self) -> std::result::Result<(), CommitError> {
+        self.commit_record(None)
+    }
+
+    /// Produces the checkpoint record (`None`: a tombstone) and commits the open transaction.
+    fn commit_record(&mut self, value: Option<&[u8]>) -> std::result::Result<(), CommitError> {
         self.begin().map_err(CommitError::Session)?;
-        let value = cp.encode();
         let mut record = BaseRecord::with_opaque_to(&self.settings.checkpoint_topic, usize::MAX)
             .partition(0)
-            .key(self.checkpoint_key.as_str().as_bytes())
-            .payload(&value);
+            .key(self.checkpoint_key.as_str().as_bytes());
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => break,
@@ -486,6 +512,54 @@ impl Producer {
         while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_micros(500));
         }
+    }
+
+    /// Proves that the broker lets this producer write to `topic` without anything becoming
+    /// visible to `read_committed` consumers (`doctor --probe-writes`): one record (key
+    /// [`PROBE_KEY`], no value, header `outbox-relay-probe`) in a transaction that is then
+    /// aborted. Adding the partition to the transaction is where the broker checks WRITE on the
+    /// topic. `Ok(Err(why))`: the broker refused it. Blocks.
+    pub fn probe_write(&mut self, topic: &str) -> Result<std::result::Result<(), String>> {
+        self.begin()?;
+        if let Ok(mut last) = self.producer.context().last_error_log.lock() {
+            *last = None;
+        }
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "outbox-relay-probe",
+            value: Some("aborted"),
+        });
+        let record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, 0)
+            .key(PROBE_KEY.as_bytes())
+            .headers(headers);
+        let queued = self.producer.send(record).map_err(|(e, _)| e);
+        self.ids.push(None);
+        let verdict = match queued {
+            Err(e) => Err(e.to_string()),
+            Ok(()) => {
+                self.await_deliveries(Instant::now() + self.settings.call_timeout);
+                let context = self.producer.context();
+                match context.failure.lock().ok().and_then(|g| g.clone()) {
+                    // The transaction failed (librdkafka purged its records): why is in its log.
+                    Some(f) if f.code == Some(RDKafkaErrorCode::PurgeQueue) => {
+                        Err(context.last_error_log().unwrap_or(f.error))
+                    }
+                    Some(f) => Err(f.error),
+                    None if self.producer.in_flight_count() > 0 => {
+                        Err(format!("no answer within {:?}", self.settings.call_timeout))
+                    }
+                    None => Ok(()),
+                }
+            }
+        };
+        if let Err(e) = self.producer.abort_transaction(self.settings.call_timeout) {
+            return Err(Error::transient(format!(
+                "kafka: aborting the probe transaction on {topic:?}"
+            ))
+            .with_source(e));
+        }
+        self.in_txn = false;
+        self.ids.clear();
+        Ok(verdict)
     }
 
     /// Aborts the open transaction, if any (best effort: the next `init_transactions` aborts it

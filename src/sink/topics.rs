@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::metadata::Metadata;
 use rdkafka::producer::{BaseProducer, Producer as _};
 
 use super::kafka_error;
@@ -56,19 +57,26 @@ impl MetadataClient {
     /// Whether `topic` exists (with partitions). Short attempts until `within`, so a SASL failure
     /// (reported only through the error callback) ends the wait at once. Blocks.
     pub fn exists(&self, topic: &str, within: Duration) -> Result<bool> {
+        let md = self.metadata(Some(topic), within)?;
+        Ok(md
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+    }
+
+    /// Cluster metadata (the brokers, and `topic`'s partitions when named). Short attempts until
+    /// `within`, so a SASL failure (reported only through the error callback) ends the wait at
+    /// once; brokers that do not answer in time are a transient error naming them. Blocks.
+    pub fn metadata(&self, topic: Option<&str>, within: Duration) -> Result<Metadata> {
         let started = Instant::now();
         loop {
             let left = within.saturating_sub(started.elapsed());
             match self
                 .client
                 .client()
-                .fetch_metadata(Some(topic), left.min(Duration::from_secs(1)))
+                .fetch_metadata(topic, left.min(Duration::from_secs(1)))
             {
-                Ok(md) => {
-                    return Ok(md.topics().iter().any(|t| {
-                        t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
-                    }))
-                }
+                Ok(md) => return Ok(md),
                 Err(e) => {
                     // Serves the error callback (a BaseProducer's events wait for poll).
                     self.client.poll(Duration::ZERO);

@@ -145,7 +145,8 @@ impl Control {
             .get(0))
     }
 
-    fn err(&self, what: &str, e: tokio_postgres::Error) -> Error {
+    /// Sorts an error of this connection (SQLSTATE -> what the caller must do).
+    pub(crate) fn err(&self, what: &str, e: tokio_postgres::Error) -> Error {
         map_sql_error(&self.settings, what, e)
     }
 

@@ -63,23 +63,7 @@ impl std::fmt::Debug for Gated {
 impl Gated {
     /// Connects for replication, runs IDENTIFY_SYSTEM and, past timeline 1, TIMELINE_HISTORY.
     pub async fn connect(s: &SourceSettings) -> Result<Self> {
-        let cfg = ReplicationConfig::new(
-            s.host.clone(),
-            s.user.clone(),
-            s.password.expose().to_string(),
-            s.dbname.clone(),
-            s.slot.clone(),
-            s.publication.clone(),
-        )
-        .with_port(s.port)
-        .with_tls(tls_config(s)?)
-        .with_start_lsn(WireLsn::ZERO)
-        .with_status_interval(s.status_interval)
-        .with_wakeup_interval(Duration::from_secs(5))
-        .with_buffer_size(2048)
-        .with_application_name("outbox-relay")
-        // Fixed text forms for timestamps (created_at), whatever the server's defaults.
-        .with_options("-c DateStyle=ISO -c TimeZone=UTC");
+        let cfg = replication_config(s)?;
         let connecting = async {
             let mut client = ReplicationClient::connect_gated(cfg)
                 .await
@@ -250,6 +234,84 @@ fn tls_config(s: &SourceSettings) -> Result<pgwire_replication::TlsConfig> {
             )))
         }
     })
+}
+
+/// The replication client's configuration for `s`, starting at `0/0` (the slot's position).
+fn replication_config(s: &SourceSettings) -> Result<ReplicationConfig> {
+    Ok(ReplicationConfig::new(
+        s.host.clone(),
+        s.user.clone(),
+        s.password.expose().to_string(),
+        s.dbname.clone(),
+        s.slot.clone(),
+        s.publication.clone(),
+    )
+    .with_port(s.port)
+    .with_tls(tls_config(s)?)
+    .with_start_lsn(WireLsn::ZERO)
+    .with_status_interval(s.status_interval)
+    .with_wakeup_interval(Duration::from_secs(5))
+    .with_buffer_size(2048)
+    .with_application_name("outbox-relay")
+    // Fixed text forms for timestamps (created_at), whatever the server's defaults.
+    .with_options("-c DateStyle=ISO -c TimeZone=UTC"))
+}
+
+/// What IDENTIFY_SYSTEM (and TIMELINE_HISTORY) say on a replication connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Postgres system identifier.
+    pub system_id: String,
+    /// The server's timeline.
+    pub timeline: u32,
+    /// The server's WAL position.
+    pub xlogpos: Lsn,
+    /// For each earlier timeline, where it forked into the next (empty on timeline 1).
+    pub history: Vec<(u32, Lsn)>,
+}
+
+/// Opens a replication connection as the relay does (same role, database, TLS), runs
+/// IDENTIFY_SYSTEM (and TIMELINE_HISTORY past timeline 1) and closes it without starting
+/// replication: the slot is not touched. Proves that `pg_hba.conf` and the role's REPLICATION
+/// attribute allow the relay's connection (`doctor`), and gives the timeline
+/// (`reset-checkpoint --to-lsn`).
+pub async fn identify(s: &SourceSettings) -> Result<Identity> {
+    let cfg = replication_config(s)?;
+    let asking = async {
+        let mut client = ReplicationClient::connect_gated(cfg)
+            .await
+            .map_err(|e| map_pg_error(s, "connecting for replication", e))?;
+        let ident = client
+            .identify_system()
+            .await
+            .map_err(|e| map_pg_error(s, "IDENTIFY_SYSTEM", e))?;
+        let history = if ident.timeline > 1 {
+            let h = client
+                .timeline_history(ident.timeline)
+                .await
+                .map_err(|e| map_pg_error(s, "TIMELINE_HISTORY", e))?;
+            parse_history(&String::from_utf8_lossy(&h.content))
+        } else {
+            Vec::new()
+        };
+        // A gated client dropped before `start` closes its gate: the worker sends Terminate and
+        // the walsender ends without ever streaming.
+        drop(client);
+        Ok::<_, Error>(Identity {
+            system_id: ident.system_id,
+            timeline: ident.timeline,
+            xlogpos: Lsn(ident.xlogpos.as_u64()),
+            history,
+        })
+    };
+    match tokio::time::timeout(s.connect_timeout + Duration::from_secs(5), asking).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::transient(format!(
+            "postgres {}: replication connection not established within {:?}",
+            s.address(),
+            s.connect_timeout
+        ))),
+    }
 }
 
 impl Stream {

@@ -5,12 +5,14 @@
 mod bounded_resources;
 mod clear_failure;
 mod dead_letters;
+mod doctor;
 mod exactly_once;
 mod harness;
 mod messages;
 mod one_writer;
 mod operations;
 mod order;
+mod reset;
 mod security;
 mod service;
 mod ship;
