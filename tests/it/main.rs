@@ -2,6 +2,7 @@
 //! dev harness (`outbox-relay-dev`) once per test binary. One binary (`it`) so the servers start once;
 //! each area of tests is a module.
 
+mod audit;
 mod badconfig;
 mod common;
 mod core;
