@@ -46,9 +46,9 @@ use sort::Sorter;
 use window::{Judge, Requested, Window};
 
 /// Memory for sorting rows in RAM before runs go to disk (32 bytes a row).
-const ROWS_BUDGET: usize = 48 << 20;
+const ROWS_BUDGET: usize = 32 << 20;
 /// Memory for sorting records (32 bytes by id + 48 by key a record).
-const RECORDS_BUDGET: usize = 96 << 20;
+const RECORDS_BUDGET: usize = 56 << 20;
 
 /// `outbox-relay audit` arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -172,7 +172,25 @@ pub async fn run(cfg: &Config, args: &Args) -> ExitCode {
 }
 
 fn say(line: String) {
-    eprintln!("audit: {line}");
+    eprintln!(
+        "audit: {line} [{:.1} CPU s, RSS {} MiB]",
+        cpu_seconds(),
+        rss_kib("VmRSS:") / 1024
+    );
+}
+
+/// A memory figure of this process from /proc/self/status (`VmRSS:`, `VmHWM:`), in KiB; 0 where
+/// /proc is not available.
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// The whole audit; the report, or why there is none.
@@ -210,7 +228,7 @@ pub async fn audit(cfg: &Config, args: &Args) -> Result<Report, Failure> {
     ));
 
     // The window, as times.
-    let consumer = kafka::consumer(cfg)?;
+    let consumer = kafka::consumer(cfg, kafka::Use::Metadata)?;
     let mut names = Names::default();
     let mut routes = table::Routes::new(cfg, &mut names);
     let judged_since = match requested {
@@ -219,9 +237,8 @@ pub async fn audit(cfg: &Config, args: &Args) -> Result<Report, Failure> {
         Requested::Lsn { from, .. } => {
             let (topics, _) =
                 tokio::task::block_in_place(|| kafka::select_topics(&consumer, cfg, &mut names))?;
-            let at = tokio::task::block_in_place(|| {
-                kafka::locate_lsn(&consumer, &topics, from, &mut say)
-            })?;
+            let at =
+                tokio::task::block_in_place(|| kafka::locate_lsn(cfg, &topics, from, &mut say))?;
             at.map(|t| t.saturating_sub(margin.as_micros() as i64))
         }
     };
@@ -247,9 +264,10 @@ pub async fn audit(cfg: &Config, args: &Args) -> Result<Report, Failure> {
     .await?;
     table::commit(&client).await?;
     drop(client);
-    let row_runs = rows.runs_on_disk();
+    let row_runs = rows.runs_on_disk().max(1);
+    // On disk while Kafka is read: the rows' buffer is not held beside the records'.
     let rows = rows
-        .finish()
+        .finish_on_disk()
         .map_err(|e| Failure::Internal(format!("sorting rows: {e}")))?;
     say(format!(
         "{} rows judged, {} context",
@@ -290,7 +308,7 @@ pub async fn audit(cfg: &Config, args: &Args) -> Result<Report, Failure> {
         tokio::task::block_in_place(|| kafka::plan(&consumer, &topics, window.kafka_from()))?;
     let read = tokio::task::block_in_place(|| {
         kafka::read(
-            &consumer,
+            cfg,
             &topics,
             &plan,
             &judge,
@@ -370,7 +388,8 @@ pub async fn audit(cfg: &Config, args: &Args) -> Result<Report, Failure> {
         resources: Resources {
             seconds,
             events_per_second: events as f64 / seconds.max(1e-9),
-            peak_rss_mib: peak_rss_kib() as f64 / 1024.0,
+            peak_rss_mib: rss_kib("VmHWM:") as f64 / 1024.0,
+            cpu_seconds: cpu_seconds(),
             sort_runs_on_disk: runs,
         },
     };
@@ -378,15 +397,17 @@ pub async fn audit(cfg: &Config, args: &Args) -> Result<Report, Failure> {
     Ok(report)
 }
 
-/// VmHWM of this process, in KiB (0 where /proc is not available).
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// User + system CPU time of this process, from /proc (Linux clock ticks are 1/100 s).
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
+            // Fields after the command name (which may hold spaces) start after the last ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / 100.0)
         })
-        .unwrap_or(0)
+        .unwrap_or(0.0)
 }

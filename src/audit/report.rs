@@ -253,6 +253,8 @@ pub struct Resources {
     pub events_per_second: f64,
     /// Peak resident memory (VmHWM).
     pub peak_rss_mib: f64,
+    /// CPU time (user + system).
+    pub cpu_seconds: f64,
     /// Sorted runs written to temporary files.
     pub sort_runs_on_disk: usize,
 }
@@ -480,9 +482,10 @@ impl Report {
         let r = &self.resources;
         let _ = writeln!(
             o,
-            "{:.1}s, {:.0} events/s, peak RSS {:.0} MiB{}",
+            "{:.1}s, {:.0} events/s, {:.1} CPU s, peak RSS {:.0} MiB{}",
             r.seconds,
             r.events_per_second,
+            r.cpu_seconds,
             r.peak_rss_mib,
             if r.sort_runs_on_disk > 0 {
                 format!(", {} sorted runs on disk", r.sort_runs_on_disk)
@@ -554,6 +557,7 @@ mod tests {
                 seconds: 1.0,
                 events_per_second: 21.0,
                 peak_rss_mib: 20.0,
+                cpu_seconds: 0.5,
                 sort_runs_on_disk: 0,
             },
         }

@@ -96,6 +96,15 @@ impl<T: Fixed> Sorter<T> {
         self.runs.len()
     }
 
+    /// The entries, ascending, read back from disk even if they fit in memory: frees the buffer
+    /// for what comes next.
+    pub fn finish_on_disk(mut self) -> io::Result<Sorted<T>> {
+        if self.runs.is_empty() && !self.buf.is_empty() {
+            self.spill()?;
+        }
+        self.finish()
+    }
+
     /// The entries, ascending.
     pub fn finish(mut self) -> io::Result<Sorted<T>> {
         if self.runs.is_empty() {
@@ -221,6 +230,16 @@ mod tests {
             assert_eq!(got, want, "budget {budget}");
             assert_eq!(spilled > 0, budget == 0);
         }
+        let mut s = Sorter::<E>::with_budget(1 << 30);
+        for e in &data {
+            s.push(*e).expect("push");
+        }
+        let got: Vec<E> = s
+            .finish_on_disk()
+            .expect("finish")
+            .collect::<io::Result<_>>()
+            .expect("read");
+        assert_eq!(got, want, "one run on disk");
     }
 
     #[test]

@@ -3,12 +3,13 @@
 //!
 //! It plays the relay quickly instead of running it (a relay drains ~60k rows/s, which would make
 //! a 10M-event setup take hours): rows go in with `INSERT ... SELECT generate_series` in 1M-row
-//! transactions, and each row's record is produced straight to its topic with rdkafka in big lz4
+//! transactions (payloads of ~110 bytes of JSON with hashes in them, so lz4 compresses them about
+//! as much as real events, not 10x), and each row's record is produced straight to its topic with rdkafka in big lz4
 //! batches, with the headers the relay writes (`event_id`, `created_at`, `pg_xid` = the row's
 //! `xmin`, an increasing `pg_lsn`, `pg_commit_ts`) and the murmur2 partitioner. A checkpoint ahead
 //! of any cut is written as the relay would have after publishing everything. Then
-//! `outbox-relay audit --json` runs as a child process; its wall time and peak RSS (`ru_maxrss`
-//! from `wait4`) are the figures. The verdict must be clean: a bench that found discrepancies
+//! `outbox-relay audit --json` runs as a child process; the figures are its wall time, and the
+//! CPU time and peak RSS (VmHWM) it reports for itself. The verdict must be clean: a bench that found discrepancies
 //! would measure the wrong thing.
 //!
 //! ```text
@@ -36,21 +37,31 @@ const CHUNK: i64 = 1_000_000;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let mut sizes = Vec::new();
+    let mut hold = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--events" => sizes.push(args.next().context("--events N")?.parse::<i64>()?),
-            other => bail!("unknown argument {other:?} (usage: audit_bench [--events N]...)"),
+            // Tuning: after each size, run audit again on the same data for every line on stdin.
+            "--hold" => hold = true,
+            other => {
+                bail!("unknown argument {other:?} (usage: audit_bench [--events N]... [--hold])")
+            }
         }
     }
     if sizes.is_empty() {
         sizes = vec![1_000_000, 10_000_000];
     }
-    let relay_bin = find_relay_bin()?;
+    // Built beside this binary (target/release); OUTBOX_RELAY_BIN overrides.
+    let beside = std::env::current_exe()?.with_file_name("outbox-relay");
+    let relay_bin = match std::env::var_os("OUTBOX_RELAY_BIN") {
+        None if beside.exists() => beside,
+        _ => find_relay_bin()?,
+    };
     let pg = Postgres::shared();
     let kafka = Kafka::shared();
-    println!("| events | rows + records | audit wall s | events/s | peak RSS MiB | sorted runs on disk | verdict |");
-    println!("|---:|---:|---:|---:|---:|---:|---|");
+    println!("| events | rows + records | audit wall s | events/s | rows+records/s | audit CPU s | peak RSS MiB | sorted runs on disk | verdict |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for n in sizes {
         let db = pg.new_database().await?;
         let cfg = RelayConfig::new(pg, &db, kafka);
@@ -66,7 +77,7 @@ async fn main() -> Result<()> {
                 .execute(
                     "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload, created_at) \
                      SELECT gen_random_uuid(), ($3::text[])[1 + g % 3], 'agg-' || (g % $4), 'Created', \
-                            jsonb_build_object('n', g, 'pad', repeat('x', 60)), clock_timestamp() \
+                            jsonb_build_object('n', g, 'ref', md5(g::text), 'by', md5((g % 977)::text)), clock_timestamp() \
                      FROM generate_series($1::int8, $2::int8) g",
                     &[&done, &(done + m - 1), &TYPES.to_vec(), &AGGREGATES],
                 )
@@ -205,53 +216,29 @@ async fn main() -> Result<()> {
 
         // The audit, as a child: wall time and peak RSS from wait4.
         let config = std::env::temp_dir().join(format!("audit_bench-{}.toml", std::process::id()));
-        std::fs::write(&config, cfg.to_toml())?;
-        let t = Instant::now();
-        let child = Command::new(&relay_bin)
-            .args(["audit", "--config"])
-            .arg(&config)
-            .arg("--json")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("start audit")?;
-        let pid = child.id() as i32;
-        let out = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut child = child;
-            let mut stdout = String::new();
-            if let Some(mut s) = child.stdout.take() {
-                let _ = s.read_to_string(&mut stdout);
-            }
-            let mut status = 0;
-            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            // SAFETY: waits for our own child; the rusage struct is plain data.
-            let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-            (r, status, usage.ru_maxrss, stdout)
-        })
-        .await?;
-        let wall = t.elapsed().as_secs_f64();
-        let (r, status, maxrss_kib, stdout) = out;
-        if r != pid {
-            bail!("wait4 failed");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&config)?;
+            std::io::Write::write_all(&mut f, cfg.to_toml().as_bytes())?;
         }
-        let report: serde_json::Value = serde_json::from_str(&stdout)
-            .with_context(|| format!("audit printed no report (status {status}):\n{stdout}"))?;
-        let events = report["rows"]["judged"].as_u64().unwrap_or(0)
-            + report["rows"]["context"].as_u64().unwrap_or(0)
-            + report["kafka"]["records"].as_u64().unwrap_or(0);
-        println!(
-            "| {n} | {events} | {wall:.1} | {:.0} | {:.0} | {} | {} |",
-            events as f64 / wall,
-            maxrss_kib as f64 / 1024.0,
-            report["resources"]["sort_runs_on_disk"],
-            report["verdict"].as_str().unwrap_or("?")
-        );
-        if report["verdict"] != "clean" {
-            bail!(
-                "audit did not find the bench's data clean:\n{}",
-                serde_json::to_string_pretty(&report["findings"])?
+        loop {
+            run_audit(&relay_bin, &config, n).await?;
+            if !hold {
+                break;
+            }
+            eprintln!(
+                "audit_bench: holding {}: a line on stdin runs audit again, EOF goes on",
+                config.display()
             );
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line)? == 0 {
+                break;
+            }
         }
         let admin = pg.admin("postgres").await?;
         drop(client);
@@ -259,6 +246,46 @@ async fn main() -> Result<()> {
             .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", db.name))
             .await?;
         let _ = std::fs::remove_file(&config);
+    }
+    Ok(())
+}
+
+/// Runs `outbox-relay audit --json` as a child; prints a table row; fails unless clean.
+async fn run_audit(relay_bin: &std::path::Path, config: &std::path::Path, n: i64) -> Result<()> {
+    let t = Instant::now();
+    let child = Command::new(relay_bin)
+        .args(["audit", "--config"])
+        .arg(config)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("start audit")?;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let wall = t.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = out.status;
+    let report: serde_json::Value = serde_json::from_str(&stdout)
+        .with_context(|| format!("audit printed no report (status {status}):\n{stdout}"))?;
+    let events = report["rows"]["judged"].as_u64().unwrap_or(0)
+        + report["rows"]["context"].as_u64().unwrap_or(0)
+        + report["kafka"]["records"].as_u64().unwrap_or(0);
+    // Peak RSS as audit measures it (VmHWM read at its end). Not the child's ru_maxrss: Linux
+    // folds the forked copy of this (large) process into it before exec.
+    println!(
+        "| {n} | {events} | {wall:.1} | {:.0} | {:.0} | {:.1} | {:.0} | {} | {} |",
+        n as f64 / wall,
+        events as f64 / wall,
+        report["resources"]["cpu_seconds"].as_f64().unwrap_or(0.0),
+        report["resources"]["peak_rss_mib"].as_f64().unwrap_or(0.0),
+        report["resources"]["sort_runs_on_disk"],
+        report["verdict"].as_str().unwrap_or("?")
+    );
+    if report["verdict"] != "clean" {
+        bail!(
+            "audit did not find the bench's data clean:\n{}",
+            serde_json::to_string_pretty(&report["findings"])?
+        );
     }
     Ok(())
 }
