@@ -264,7 +264,8 @@ pub async fn audit(cfg: &Config, args: &Args) -> Result<Report, Failure> {
     .await?;
     table::commit(&client).await?;
     drop(client);
-    let row_runs = rows.runs_on_disk().max(1);
+    // finish_on_disk writes the buffer as one more run when nothing spilled yet.
+    let row_runs = rows.runs_on_disk().max(usize::from(!rows.is_empty()));
     // On disk while Kafka is read: the rows' buffer is not held beside the records'.
     let rows = rows
         .finish_on_disk()
