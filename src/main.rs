@@ -135,6 +135,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare the outbox table with Kafka: missing, duplicated, out of order. Read-only.
+    Audit(outbox_relay::audit::Args),
 }
 
 fn main() -> ExitCode {
@@ -196,6 +198,10 @@ fn main() -> ExitCode {
             };
             runtime().block_on(outbox_relay::status::run(&cfg, json))
         }
+        Command::Audit(args) => match load(&args.config) {
+            Ok(cfg) => runtime().block_on(outbox_relay::audit::run(&cfg, &args)),
+            Err(code) => code,
+        },
     }
 }
 

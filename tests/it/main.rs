@@ -2,6 +2,7 @@
 //! dev harness (`outbox-relay-dev`) once per test binary. One binary (`it`) so the servers start once;
 //! each file proves one promise, and `support` holds what they share.
 
+mod audit;
 mod bounded_resources;
 mod clear_failure;
 mod dead_letters;
