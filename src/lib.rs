@@ -9,6 +9,7 @@
 //! Only the committed LSN flows back, from the sink to the source, after a Kafka commit.
 
 pub mod audit;
+pub mod backfill;
 pub mod config;
 pub mod decode;
 pub mod doctor;

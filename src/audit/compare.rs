@@ -102,6 +102,9 @@ fn judge(
                 .iter()
                 .any(|r| r.flags & DEAD_LETTER != 0 || names.tp_parts(r.tp).0 == row.topic);
             if !found {
+                if let Some(ids) = f.missing_ids.as_mut() {
+                    ids.push(id);
+                }
                 f.missing.add(examples, || MissingRow {
                     event_id: format_uuid(id),
                     topic: names.topic_name(row.topic).to_string(),

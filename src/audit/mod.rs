@@ -54,7 +54,12 @@ const RECORDS_BUDGET: usize = 56 << 20;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Configuration file (TOML), as for `run`.
-    #[arg(long, short)]
+    #[arg(
+        long,
+        short,
+        env = "OUTBOX_RELAY_CONFIG",
+        default_value = "/etc/outbox-relay/outbox-relay.toml"
+    )]
     pub config: PathBuf,
     /// Judge rows created at or after this time (RFC 3339, e.g. 2026-11-26T05:00:00Z).
     #[arg(long, value_name = "TIME", value_parser = parse_since, conflicts_with_all = ["from_lsn", "to_lsn"])]
@@ -195,6 +200,15 @@ fn rss_kib(field: &str) -> u64 {
 
 /// The whole audit; the report, or why there is none.
 pub async fn audit(cfg: &Config, args: &Args) -> Result<Report, Failure> {
+    audit_with(cfg, args, false).await
+}
+
+/// The audit, collecting every missing event id into `findings.missing_ids` when `collect_missing`.
+pub async fn audit_with(
+    cfg: &Config,
+    args: &Args,
+    collect_missing: bool,
+) -> Result<Report, Failure> {
     let started = Instant::now();
     let margin = Duration::from_secs(args.margin);
     let requested = match (args.since, args.from_lsn) {
@@ -300,7 +314,10 @@ pub async fn audit(cfg: &Config, args: &Args) -> Result<Report, Failure> {
         has_created_at,
         table_empty: cut.table_empty,
     };
-    let mut findings = Findings::default();
+    let mut findings = Findings {
+        missing_ids: collect_missing.then(Vec::new),
+        ..Findings::default()
+    };
     let (topics, absent) =
         tokio::task::block_in_place(|| kafka::select_topics(&consumer, cfg, &mut names))?;
     let plan =

@@ -166,6 +166,9 @@ pub struct Findings {
     pub outside_window: u64,
     /// Records audit cannot read.
     pub unreadable: Listed<Unreadable>,
+    /// Every missing event id, when asked for (`backfill --missing` publishes them).
+    #[serde(skip)]
+    pub missing_ids: Option<Vec<u128>>,
 }
 
 impl Findings {

@@ -286,6 +286,49 @@ impl Control {
         Ok(out)
     }
 
+    /// The rows with these ids (`backfill`), in the snapshot's order (order column, then id): one
+    /// query, text format with the replication session's settings, as [`Self::fetch_snapshot`].
+    /// `ids` are the id column's text (e.g. canonical UUIDs).
+    pub async fn rows_by_id(&self, shape: &Shape, ids: &[String]) -> Result<Vec<SnapshotRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (order, _) = &shape.order;
+        let (id, id_type) = &shape.id;
+        let cols: Vec<String> = shape
+            .relation
+            .columns
+            .iter()
+            .map(|c| format!("{}::text", ident(&c.name)))
+            .collect();
+        let list: Vec<String> = ids.iter().map(|i| literal(i)).collect();
+        let sql = format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+             SET LOCAL DateStyle = ISO; SET LOCAL TimeZone = 'UTC'; SET LOCAL bytea_output = hex; \
+             SET LOCAL standard_conforming_strings = on; \
+             DECLARE {CURSOR} NO SCROLL CURSOR FOR \
+             SELECT xmin::text, {order}::text, {id}::text, {} FROM {} \
+             WHERE {id} = ANY(ARRAY[{}]::{id_type}[]) ORDER BY {order}, {id}",
+            cols.join(", "),
+            shape.table,
+            list.join(", ")
+        );
+        self.client()
+            .simple_query(&sql)
+            .await
+            .map_err(|e| self.sql_error("reading the rows to backfill", e))?;
+        let mut out = Vec::new();
+        loop {
+            let batch = self.fetch_snapshot(1_000).await?;
+            if batch.is_empty() {
+                break;
+            }
+            out.extend(batch);
+        }
+        self.close_snapshot().await?;
+        Ok(out)
+    }
+
     /// Ends the snapshot's transaction.
     pub async fn close_snapshot(&self) -> Result<()> {
         self.client()
