@@ -5,8 +5,10 @@
 //! process, even on panic or `kill -9` of the test binary (see [`process`]). Everything a test needs on top
 //! (a fresh database with `sql/` applied, topics, a relay child process, a verdict on what arrived in
 //! Kafka, a TCP proxy for network faults) lives in the other modules.
+//! The Postgres version is the machine's, or any of 14 to 18 (`OUTBOX_RELAY_TEST_PG`, see [`pgdist`]).
 
 pub mod kafka;
+pub mod pgdist;
 pub mod postgres;
 pub mod process;
 pub mod proxy;
