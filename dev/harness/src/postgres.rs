@@ -244,6 +244,10 @@ impl Postgres {
         &self.dir
     }
 
+    pub(crate) fn run_as(&self) -> Option<(u32, u32)> {
+        self.run_as
+    }
+
     /// The postmaster's pid, if it runs.
     pub fn pid(&self) -> Option<i32> {
         self.child
@@ -422,6 +426,15 @@ impl TestDb {
     /// Superuser connection to this database.
     pub async fn client(&self) -> Result<Client> {
         connect(self.config("postgres", &self.superuser_password)).await
+    }
+
+    /// The same database on another server of this cluster (a standby, or the promoted standby).
+    pub fn on(&self, server: &Postgres) -> TestDb {
+        TestDb {
+            host: server.host().to_string(),
+            port: server.port(),
+            ..self.clone()
+        }
     }
 
     /// Connection as the relay role (`outbox_relay`, TCP + SCRAM).
