@@ -515,6 +515,56 @@ pub async fn current_timeline(client: &Client) -> Result<u32> {
     }
 }
 
+/// One line of a timeline history file: timeline `parent` ended (the server forked to the next
+/// one) at `switchpoint`; WAL of the child timeline from there on differs from the parent's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimelineFork {
+    pub parent: u32,
+    pub switchpoint: Lsn,
+}
+
+/// The history of timeline `tli` on `server` (`pg_wal/<tli>.history`, read as superuser with
+/// `pg_read_file`): every fork that led to it, oldest first. Timeline 1 has none.
+///
+/// A relay reads the same file with the replication command `TIMELINE_HISTORY <tli>` (a REPLICATION
+/// role is enough, on a `replication=database` connection too); this is the tests' independent view.
+pub async fn timeline_history(client: &Client, tli: u32) -> Result<Vec<TimelineFork>> {
+    if tli <= 1 {
+        return Ok(Vec::new());
+    }
+    let file = format!("pg_wal/{tli:08X}.history");
+    let text: String = client
+        .query_one("SELECT pg_read_file($1)", &[&file])
+        .await
+        .with_context(|| format!("read {file}"))?
+        .get(0);
+    parse_timeline_history(&text).with_context(|| format!("parse {file}"))
+}
+
+/// Parses a history file: `<parent tli>\t<switchpoint>\t<reason>` lines, `#` comments.
+pub fn parse_timeline_history(text: &str) -> Result<Vec<TimelineFork>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            let parent = f
+                .next()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| anyhow!("no timeline in {l:?}"))?;
+            let switchpoint = f
+                .next()
+                .ok_or_else(|| anyhow!("no switchpoint in {l:?}"))?
+                .parse()
+                .map_err(|e| anyhow!("switchpoint in {l:?}: {e}"))?;
+            Ok(TimelineFork {
+                parent,
+                switchpoint,
+            })
+        })
+        .collect()
+}
+
 /// A primary, its streaming standby, and a front proxy whose target is whichever is primary ("a name
 /// that moves": a relay given the front's address follows a promotion). Both servers are private to
 /// the test (never the shared cluster: a failover kills the primary).
@@ -597,5 +647,21 @@ impl HaPair {
         self.standby.promote().await?;
         self.move_front_to_standby();
         Ok(t.elapsed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_files_parse() {
+        let text =
+            "1\t0/3000158\tno recovery target specified\n\n2\t0/5000000\tbefore 2026-11-30\n";
+        let h = parse_timeline_history(text).expect("parse");
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].parent, 1);
+        assert_eq!(h[0].switchpoint, "0/3000158".parse::<Lsn>().expect("lsn"));
+        assert!(parse_timeline_history("x\t0/1\n").is_err());
     }
 }

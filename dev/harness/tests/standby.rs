@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use outbox_relay_dev::postgres::current_wal_lsn;
-use outbox_relay_dev::standby::{checkpoint_timeline, current_timeline};
+use outbox_relay_dev::standby::{checkpoint_timeline, current_timeline, timeline_history};
 use outbox_relay_dev::{write_txn, HaPair, NewEvent, StandbyOptions, TestDb};
 use uuid::Uuid;
 
@@ -114,6 +114,7 @@ async fn physical_standby_streams_lags_and_takes_over_after_kill9_on_a_new_timel
     // kill -9 of the primary, promotion; the front now reaches the new primary.
     let last = write_one(&front, "last").await?;
     wait_row(&on_standby, last, "the last row on the standby").await?;
+    let replayed_before = pair.standby.replay_lsn().await?.context("no replay LSN")?;
     let took = pair.fail_over().await?;
     eprintln!("Postgres {major}: kill -9 to a writable standby in {took:.1?}");
     let after = write_one(&front, "after")
@@ -123,6 +124,15 @@ async fn physical_standby_streams_lags_and_takes_over_after_kill9_on_a_new_timel
     let new_admin = pair.standby.postgres().admin("postgres").await?;
     let new_tli = current_timeline(&new_admin).await?;
     ensure!(new_tli == old_tli + 1, "timeline {old_tli} -> {new_tli}");
+    // The new timeline's history names the fork: timeline 1 ended where the standby stopped replaying.
+    let history = timeline_history(&new_admin, new_tli).await?;
+    let fork = history.last().context("no fork in the history")?;
+    ensure!(fork.parent == old_tli, "{history:?}");
+    let now = current_wal_lsn(&new_admin).await?;
+    ensure!(
+        replayed_before <= fork.switchpoint && fork.switchpoint <= now,
+        "fork {fork:?}; replayed {replayed_before} before the kill, now at {now}"
+    );
     new_admin.batch_execute("CHECKPOINT").await?;
     let checkpoint_tli = checkpoint_timeline(&new_admin).await?;
     ensure!(
