@@ -11,7 +11,8 @@ use crate::procstat::ProcStat;
 
 pub async fn pg_recvlogical(db: &TestDb, slot: &str, endpos: Lsn) -> Result<(f64, ProcStat)> {
     let pg = Postgres::shared();
-    let bin = pg.bin_dir().join("pg_recvlogical");
+    // The machine's client tools: a pinned server build (OUTBOX_RELAY_TEST_PG) has none.
+    let bin = pg.client_bin_dir()?.join("pg_recvlogical");
     let t = Instant::now();
     let mut child = tokio::process::Command::new(&bin)
         .env("PGPASSWORD", pg.superuser_password())

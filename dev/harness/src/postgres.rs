@@ -16,6 +16,7 @@ use outbox_relay::Lsn;
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
+use crate::pgdist;
 use crate::process::{self, ManagedChild};
 use crate::util::{self, free_port, random_suffix, repo_root, wait_until};
 
@@ -27,6 +28,8 @@ pub struct Postgres {
     dir: PathBuf,
     data_dir: PathBuf,
     bin_dir: PathBuf,
+    /// Major version of the server binaries (14 to 18).
+    major: u32,
     port: u16,
     password: String,
     log_path: PathBuf,
@@ -62,17 +65,23 @@ impl Postgres {
         let pg = Postgres::start_new().expect("start the harness Postgres cluster");
         tracing::info!(port = pg.port, elapsed = ?t.elapsed(), "harness Postgres ready");
         eprintln!(
-            "[harness] Postgres ready on 127.0.0.1:{} in {:.1?} (dir {})",
+            "[harness] Postgres {} ready on 127.0.0.1:{} in {:.1?} (binaries {}, dir {})",
+            pg.major,
             pg.port,
             t.elapsed(),
+            pg.bin_dir.display(),
             pg.dir.display()
         );
         SHARED.get_or_init(|| pg)
     }
 
     /// Starts a new private cluster (blocking). Most callers want [`Postgres::shared`].
+    ///
+    /// The server binaries are the machine's, or the pinned build `OUTBOX_RELAY_TEST_PG` names (see
+    /// [`crate::pgdist`]).
     pub fn start_new() -> Result<Postgres> {
-        let bin_dir = find_bin_dir()?;
+        let bin_dir = pgdist::server_bin_dir()?;
+        let major = pgdist::server_major(&bin_dir)?;
         let run_as = process::server_user()?;
         let dir = process::new_process_dir("pg")?;
         let data_dir = dir.join("data");
@@ -105,24 +114,8 @@ impl Postgres {
         }
         let _ = std::fs::remove_file(&pwfile);
 
-        // TLS with the harness certificate (localhost, 127.0.0.1); the `host` rules below match TLS and
-        // plain connections alike, so clients that do not ask for TLS are served as before.
-        let pki = crate::tls::Pki::shared();
-        let ssl_cert = dir.join("server.crt");
-        let ssl_key = dir.join("server.key");
-        std::fs::copy(&pki.server.cert, &ssl_cert).context("copy the server certificate")?;
-        std::fs::copy(&pki.server.key, &ssl_key).context("copy the server key")?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&ssl_key, std::fs::Permissions::from_mode(0o600))?;
-        }
-
-        let port = free_port();
-        let conf = format!(
-            "\n# outbox-relay harness\n\
-             listen_addresses = '127.0.0.1'\n\
-             port = {port}\n\
-             unix_socket_directories = '{dir}'\n\
+        // Settings of the cluster (a standby copied from it inherits them); each exists on 14 to 18.
+        let conf = "\n# outbox-relay harness: the cluster\n\
              wal_level = logical\n\
              max_replication_slots = 100\n\
              max_wal_senders = 100\n\
@@ -135,7 +128,48 @@ impl Postgres {
              logging_collector = off\n\
              log_line_prefix = '%m [%p] %q%u@%d '\n\
              log_min_messages = info\n\
-             log_connections = off\n\
+             log_connections = off\n";
+        append(&data_dir.join("postgresql.conf"), conf)?;
+        std::fs::write(
+            data_dir.join("pg_hba.conf"),
+            "# outbox-relay harness\n\
+             local all all trust\n\
+             host all all 127.0.0.1/32 scram-sha-256\n\
+             host replication all 127.0.0.1/32 scram-sha-256\n",
+        )?;
+        let pg = Postgres::node(dir, data_dir, bin_dir, major, password, run_as)?;
+        util::block_on(pg.start())??;
+        Ok(pg)
+    }
+
+    /// A server of its own (port, socket dir, TLS files) on a prepared data dir, not started yet: a
+    /// fresh cluster, or a standby's copy of one.
+    pub(crate) fn node(
+        dir: PathBuf,
+        data_dir: PathBuf,
+        bin_dir: PathBuf,
+        major: u32,
+        password: String,
+        run_as: Option<(u32, u32)>,
+    ) -> Result<Postgres> {
+        // TLS with the harness certificate (localhost, 127.0.0.1); the `host` rules of pg_hba.conf match
+        // TLS and plain connections alike, so clients that do not ask for TLS are served as before.
+        let pki = crate::tls::Pki::shared();
+        let ssl_cert = dir.join("server.crt");
+        let ssl_key = dir.join("server.key");
+        std::fs::copy(&pki.server.cert, &ssl_cert).context("copy the server certificate")?;
+        std::fs::copy(&pki.server.key, &ssl_key).context("copy the server key")?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&ssl_key, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let port = free_port();
+        // Appended last, so a copied postgresql.conf's values for the same keys are overridden.
+        let conf = format!(
+            "\n# outbox-relay harness: this server\n\
+             listen_addresses = '127.0.0.1'\n\
+             port = {port}\n\
+             unix_socket_directories = '{dir}'\n\
              ssl = on\n\
              ssl_cert_file = '{cert}'\n\
              ssl_key_file = '{key}'\n",
@@ -144,29 +178,20 @@ impl Postgres {
             key = ssl_key.display()
         );
         append(&data_dir.join("postgresql.conf"), &conf)?;
-        std::fs::write(
-            data_dir.join("pg_hba.conf"),
-            "# outbox-relay harness\n\
-             local all all trust\n\
-             host all all 127.0.0.1/32 scram-sha-256\n\
-             host replication all 127.0.0.1/32 scram-sha-256\n",
-        )?;
         process::chown_tree(&dir, run_as)?;
-
-        let pg = Postgres {
+        Ok(Postgres {
             log_path: dir.join("postgres.log"),
             ca_path: pki.ca_path().to_path_buf(),
             dir,
             data_dir,
             bin_dir,
+            major,
             port,
             password,
             run_as,
             child: Mutex::new(None),
             ops: tokio::sync::Mutex::const_new(()),
-        };
-        util::block_on(pg.start())??;
-        Ok(pg)
+        })
     }
 
     pub fn host(&self) -> &str {
@@ -199,8 +224,28 @@ impl Postgres {
         &self.data_dir
     }
 
+    /// The server binaries (`initdb`, `postgres`; a pinned build has no client tools).
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
+    }
+
+    /// The machine's client tools (`psql`, `pg_recvlogical`), which talk to every server version here.
+    pub fn client_bin_dir(&self) -> Result<PathBuf> {
+        pgdist::client_bin_dir()
+    }
+
+    /// The server's major version (14 to 18): for settings, columns and functions that differ by version.
+    pub fn major(&self) -> u32 {
+        self.major
+    }
+
+    /// The directory of this server's files (data dir, log, TLS files, socket).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub(crate) fn run_as(&self) -> Option<(u32, u32)> {
+        self.run_as
     }
 
     /// The postmaster's pid, if it runs.
@@ -383,6 +428,15 @@ impl TestDb {
         connect(self.config("postgres", &self.superuser_password)).await
     }
 
+    /// The same database on another server of this cluster (a standby, or the promoted standby).
+    pub fn on(&self, server: &Postgres) -> TestDb {
+        TestDb {
+            host: server.host().to_string(),
+            port: server.port(),
+            ..self.clone()
+        }
+    }
+
     /// Connection as the relay role (`outbox_relay`, TCP + SCRAM).
     pub async fn relay_client(&self) -> Result<Client> {
         connect(self.config(Postgres::RELAY_USER, Postgres::RELAY_PASSWORD)).await
@@ -450,32 +504,6 @@ async fn connect(cfg: tokio_postgres::Config) -> Result<Client> {
         let _ = conn.await;
     });
     Ok(client)
-}
-
-fn find_bin_dir() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("OUTBOX_RELAY_PG_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let base = Path::new("/usr/lib/postgresql");
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(base)
-        .with_context(|| {
-            format!(
-                "no Postgres under {} (set OUTBOX_RELAY_PG_BIN)",
-                base.display()
-            )
-        })?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("postgres").exists().then_some((v, bin))
-        })
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .map(|(_, p)| p)
-        .ok_or_else(|| anyhow!("no Postgres binaries under {}", base.display()))
 }
 
 fn append(path: &Path, text: &str) -> Result<()> {

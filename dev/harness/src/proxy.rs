@@ -1,6 +1,9 @@
 //! A TCP proxy between the relay and a server, for network fault tests: cut every connection, hold
 //! traffic without closing (a partition: TCP stays up, nothing moves), or refuse new connections.
 //! It runs on its own thread and runtime so it keeps working whatever the test's runtime does.
+//!
+//! Its target can be switched while it runs ([`Proxy::retarget`]): a fixed address in front of whichever
+//! server is primary, as a DNS name or a virtual IP moves in a failover.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +16,8 @@ use tokio::sync::watch;
 
 #[derive(Debug)]
 struct Controls {
+    /// Where new connections go.
+    target: watch::Sender<SocketAddr>,
     /// Bumped by `cut_all`: every connection alive at that moment ends.
     cut: watch::Sender<u64>,
     blackhole: watch::Sender<bool>,
@@ -24,7 +29,6 @@ struct Controls {
 #[derive(Debug)]
 pub struct Proxy {
     port: u16,
-    target: SocketAddr,
     controls: Arc<Controls>,
     thread: Option<JoinHandle<()>>,
 }
@@ -43,6 +47,7 @@ impl Proxy {
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
         let controls = Arc::new(Controls {
+            target: watch::channel(target).0,
             cut: watch::channel(0).0,
             blackhole: watch::channel(false).0,
             refuse: watch::channel(false).0,
@@ -59,13 +64,12 @@ impl Proxy {
                     .expect("proxy runtime");
                 rt.block_on(async move {
                     let listener = TcpListener::from_std(std_listener).expect("proxy listener");
-                    accept_loop(listener, target, c).await;
+                    accept_loop(listener, c).await;
                 });
                 rt.shutdown_background();
             })?;
         Ok(Proxy {
             port,
-            target,
             controls,
             thread: Some(thread),
         })
@@ -79,8 +83,15 @@ impl Proxy {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// Where new connections go now.
     pub fn target(&self) -> SocketAddr {
-        self.target
+        *self.controls.target.borrow()
+    }
+
+    /// New connections go to `target` from now on; open ones stay with the old target (call
+    /// [`Proxy::cut_all`] too to end them, as a failover ends every session with the old primary).
+    pub fn retarget(&self, target: SocketAddr) {
+        self.controls.target.send_replace(target);
     }
 
     /// Closes every open connection now (both sides see a reset/EOF); new ones are still accepted.
@@ -109,7 +120,7 @@ impl Drop for Proxy {
     }
 }
 
-async fn accept_loop(listener: TcpListener, target: SocketAddr, c: Arc<Controls>) {
+async fn accept_loop(listener: TcpListener, c: Arc<Controls>) {
     let mut shutdown = c.shutdown.subscribe();
     loop {
         let accepted = tokio::select! {
@@ -121,6 +132,7 @@ async fn accept_loop(listener: TcpListener, target: SocketAddr, c: Arc<Controls>
             drop(inbound);
             continue;
         }
+        let target = *c.target.borrow();
         let c = Arc::clone(&c);
         tokio::spawn(async move {
             let mut cut = c.cut.subscribe();
@@ -164,5 +176,42 @@ async fn pump(
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A server that answers every connection with `name` and closes it.
+    fn named_server(name: &'static [u8]) -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                let _ = s.write_all(name);
+            }
+        });
+        addr
+    }
+
+    fn ask(proxy: &Proxy) -> Vec<u8> {
+        let mut s = std::net::TcpStream::connect(proxy.addr()).expect("connect");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 1];
+        s.read_exact(&mut buf).expect("read");
+        buf.to_vec()
+    }
+
+    #[test]
+    fn retarget_sends_new_connections_to_the_new_target() {
+        let (a, b) = (named_server(b"a"), named_server(b"b"));
+        let proxy = Proxy::start(a).expect("proxy");
+        assert_eq!(ask(&proxy), b"a");
+        proxy.retarget(b);
+        assert_eq!(proxy.target(), b);
+        assert_eq!(ask(&proxy), b"b");
     }
 }
