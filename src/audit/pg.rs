@@ -22,8 +22,14 @@ pub async fn connect(cfg: &Config) -> Result<Client, Failure> {
     let p = &cfg.postgres;
     let at = format!("{}:{}", p.host, p.port);
     let mut pc = tokio_postgres::Config::new();
-    pc.host(&p.host)
-        .port(p.port)
+    // A host list: the primary, as the relay reads from (a standby may lag behind it).
+    let hosts = p
+        .hosts()
+        .map_err(|why| Failure::Config(format!("postgres.host: {why}")))?;
+    for (host, port) in &hosts {
+        pc.host(host).port(*port);
+    }
+    pc.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite)
         .dbname(&p.dbname)
         .user(&p.user)
         .password(p.password.expose().as_bytes())

@@ -128,9 +128,10 @@ pub struct Loaded {
 pub struct PostgresConfig {
     /// Host name or IP address of the Postgres server, or a comma-separated list of them (libpq's
     /// convention, e.g. the nodes of a Patroni cluster): the relay uses the one that accepts
-    /// writes (the primary: logical slots live there), for both of its connections.
+    /// writes (the primary: logical slots live there), for both of its connections. An entry may
+    /// carry its own port (`db1:5432,db2:5433`, `[::1]:5432`).
     pub host: String,
-    /// TCP port of the Postgres server.
+    /// TCP port of the Postgres server (of every `host` entry without a port of its own).
     pub port: u16,
     /// Database that holds the outbox table (a logical slot belongs to one database).
     pub dbname: String,
@@ -186,6 +187,11 @@ impl Default for PostgresConfig {
 }
 
 impl PostgresConfig {
+    /// The entries of `host`, in order, each with its port (its own, or `port`).
+    pub fn hosts(&self) -> Result<Vec<(String, u16)>, String> {
+        parse_hosts(&self.host, self.port)
+    }
+
     /// `connect_timeout_ms` as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
@@ -195,6 +201,49 @@ impl PostgresConfig {
     pub fn status_interval(&self) -> Duration {
         Duration::from_millis(self.status_interval_ms)
     }
+}
+
+/// `postgres.host` as (host, port) pairs: `a,b:5433,[::1]:5434,::1` with `port` for entries that
+/// name none (an IPv6 address takes its own port only in brackets). Errors say which entry is wrong.
+pub fn parse_hosts(list: &str, port: u16) -> Result<Vec<(String, u16)>, String> {
+    let parse_port = |entry: &str, p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{entry:?}: the port after ':' must be 1 to 65535"))
+    };
+    let mut out = Vec::new();
+    for entry in list.split(',').map(str::trim) {
+        if entry.is_empty() {
+            return Err(
+                "must be a host, or a comma-separated list of hosts, without empty entries".into(),
+            );
+        }
+        if let Some(rest) = entry.strip_prefix('[') {
+            let (addr, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("{entry:?}: an IPv6 address in '[' lacks its ']'"))?;
+            let p = match after {
+                "" => port,
+                _ => parse_port(
+                    entry,
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| format!("{entry:?}: only ':<port>' may follow the ']'"))?,
+                )?,
+            };
+            out.push((addr.to_string(), p));
+        } else if entry.matches(':').count() == 1 {
+            let (h, p) = entry.split_once(':').expect("one ':'");
+            if h.is_empty() {
+                return Err(format!("{entry:?}: no host before ':'"));
+            }
+            out.push((h.to_string(), parse_port(entry, p)?));
+        } else {
+            out.push((entry.to_string(), port));
+        }
+    }
+    Ok(out)
 }
 
 string_enum! {

@@ -635,3 +635,30 @@ fn sasl_plain_over_plaintext_loads_with_a_warning() {
         loaded.warnings
     );
 }
+
+#[test]
+fn host_lists_take_a_port_per_entry_and_name_a_bad_one() {
+    let h = super::parse_hosts("db1, db2:5433,[::1]:5434,::1,[fe80::1]", 5432).expect("valid");
+    let want: Vec<(String, u16)> = [
+        ("db1", 5432),
+        ("db2", 5433),
+        ("::1", 5434),
+        ("::1", 5432),
+        ("fe80::1", 5432),
+    ]
+    .iter()
+    .map(|(h, p)| (h.to_string(), *p))
+    .collect();
+    assert_eq!(h, want);
+    for (bad, says) in [
+        ("db1,,db2", "without empty entries"),
+        ("db1:0", "\"db1:0\": the port"),
+        ("db1:x", "\"db1:x\": the port"),
+        (":5432", "no host before"),
+        ("[::1", "lacks its ']'"),
+        ("[::1]x", "only ':<port>'"),
+    ] {
+        let e = super::parse_hosts(bad, 5432).expect_err(bad);
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

@@ -167,11 +167,8 @@ pub(super) fn validate(c: &Config) -> Check {
 
 fn postgres(p: &PostgresConfig) -> Check {
     not_empty("postgres.host", &p.host)?;
-    if p.host.split(',').any(|h| h.trim().is_empty()) {
-        return err(
-            "postgres.host",
-            "must be a host, or a comma-separated list of hosts, without empty entries",
-        );
+    if let Err(why) = p.hosts() {
+        return err("postgres.host", why);
     }
     at_least("postgres.port", p.port.into(), 1)?;
     not_empty("postgres.dbname", &p.dbname)?;

@@ -34,9 +34,10 @@ impl Control {
         let hosts = s.hosts();
         let mut last_err = None;
         let mut standbys = Vec::new();
-        for host in &hosts {
+        for (host, port) in hosts {
             let mut one = s.clone();
-            one.host = host.to_string();
+            one.host = host;
+            one.port = port;
             match Self::connect_one(&one).await {
                 Ok(c) => match c.in_recovery().await {
                     Ok(false) => return Ok(c),

@@ -91,13 +91,10 @@ impl SourceSettings {
         format!("{}:{}", self.host, self.port)
     }
 
-    /// The hosts of `host`, in order.
-    pub fn hosts(&self) -> Vec<&str> {
-        self.host
-            .split(',')
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .collect()
+    /// The entries of `host`, in order, each with its port (validated with the configuration).
+    pub fn hosts(&self) -> Vec<(String, u16)> {
+        crate::config::parse_hosts(&self.host, self.port)
+            .unwrap_or_else(|_| vec![(self.host.clone(), self.port)])
     }
 
     /// The Postgres side of a validated configuration.
