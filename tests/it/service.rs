@@ -479,7 +479,8 @@ async fn status_prints_slot_and_checkpoint_in_text_and_json_without_secrets() ->
     let config = relay.config_path().to_path_buf();
 
     // While the relay runs: the slot is held by an outbox-relay; confirmed <= checkpoint.
-    let j = status_json(&config)?;
+    let j = status_json(&config, 0)?;
+    ensure!(j["health"]["state"] == "ok", "{j}");
     ensure!(j["slot"]["name"] == cfg.slot.as_str());
     ensure!(
         j["slot"]["exists"] == true && j["slot"]["active"] == true,
@@ -509,7 +510,9 @@ async fn status_prints_slot_and_checkpoint_in_text_and_json_without_secrets() ->
         .context("drain log with resume_lsn")?;
     let client = db.client().await?;
     // Released; the slot never runs ahead of the checkpoint; status shows what the server shows.
-    let j = status_json(&config)?;
+    // Nobody holds the slot now: the health verdict is a warning, exit 1.
+    let j = status_json(&config, 1)?;
+    ensure!(j["health"]["state"] == "warning", "{j}");
     let info = slot_info(&client, &cfg.slot).await?.context("slot")?;
     let server = info.confirmed_flush_lsn.map(|l| l.to_string());
     ensure!(j["slot"]["active"] == false, "{j}");
@@ -530,7 +533,7 @@ async fn status_prints_slot_and_checkpoint_in_text_and_json_without_secrets() ->
     // Text form: the same facts, no secret.
     let status = cli_on(&config, &["status"], &[])?;
     let (out, err) = (&status.stdout, &status.stderr);
-    ensure!(status.status.success(), "{out}{err}");
+    ensure!(status.status.code() == Some(1), "{out}{err}");
     ensure!(out.contains(&format!("slot {}", cfg.slot)), "{out}");
     ensure!(
         out.contains(&format!("resume_lsn:            {drained}")),
@@ -554,7 +557,8 @@ async fn status_prints_slot_and_checkpoint_in_text_and_json_without_secrets() ->
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("other.toml");
     write_private(&path, &other.to_toml())?;
-    let j = status_json(&path)?;
+    // A slot that does not exist is critical, exit 2.
+    let j = status_json(&path, 2)?;
     ensure!(
         j["slot"]["exists"] == false && j["checkpoint"]["found"] == false,
         "{j}"
@@ -565,11 +569,12 @@ async fn status_prints_slot_and_checkpoint_in_text_and_json_without_secrets() ->
     Ok(())
 }
 
-fn status_json(config: &Path) -> Result<serde_json::Value> {
+/// `status --json`, which must exit with the health verdict `code` (0 ok, 1 warning, 2 critical).
+fn status_json(config: &Path, code: i32) -> Result<serde_json::Value> {
     let status = cli_on(config, &["status", "--json"], &[])?;
     let (out, err) = (&status.stdout, &status.stderr);
     ensure!(
-        status.status.success(),
+        status.status.code() == Some(code),
         "status --json: {:?} {out}{err}",
         status.status
     );
