@@ -211,6 +211,27 @@ pub fn read(
         .map_err(|e| {
             Error::config(format!("kafka: cannot create the checkpoint reader: {e}")).with_source(e)
         })?;
+    let started = Instant::now();
+    // A missing topic is answered by the metadata at once; a consumer assigned to it would only
+    // say so after librdkafka's topic.metadata.propagation.max.ms (30 s), racing `deadline`.
+    let metadata = consumer
+        .fetch_metadata(Some(topic), deadline)
+        .map_err(|e| {
+            Error::transient(format!(
+                "kafka: cannot read the metadata of checkpoint topic {topic:?}"
+            ))
+            .with_source(e)
+        })?;
+    if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
+        if matches!(
+            t.error().map(RDKafkaErrorCode::from),
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition) | Some(RDKafkaErrorCode::UnknownTopic)
+        ) {
+            return Err(Error::config(format!(
+                "kafka: checkpoint topic {topic:?} does not exist (kafka.checkpoint_topic)"
+            )));
+        }
+    }
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, 0, Offset::Beginning)
         .map_err(|e| Error::internal("kafka: checkpoint partition list").with_source(e))?;
@@ -218,7 +239,6 @@ pub fn read(
         Error::transient("kafka: cannot assign the checkpoint topic").with_source(e)
     })?;
 
-    let started = Instant::now();
     // The newest record for the key decides, read to the end: an unreadable record only fails the
     // read when nothing newer (a good checkpoint, or the operator's tombstone) follows it.
     let mut latest: Result<Option<Checkpoint>> = Ok(None);
