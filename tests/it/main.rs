@@ -8,6 +8,7 @@ mod clear_failure;
 mod dead_letters;
 mod doctor;
 mod exactly_once;
+mod failover;
 mod harness;
 mod messages;
 mod one_writer;
