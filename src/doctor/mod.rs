@@ -3,12 +3,12 @@
 //! what it checked and, for warn and fail, the fix. It changes nothing.
 //!
 //! ```text
-//!  postgres.rs  connection, version, wal_level, slots and walsenders free, role, table, columns,
-//!               SELECT, publication, a replication connection (pg_hba.conf), WAL retention,
-//!               slot, failover                                  -> Facts (system id, slot, timeline)
-//!  kafka.rs     bootstrap, transaction.max.timeout.ms, topics, checkpoint, resume point,
-//!               idempotent write, transactional id, writes (--probe-writes)
-//!  check.rs     the line: server, check, subject, status, detail, fix
+//!  postgres/  connection, version, wal_level, slots and walsenders free, role, table, columns,
+//!             SELECT, publication, a replication connection (pg_hba.conf), WAL retention,
+//!             slot, failover                                    -> Facts (system id, slot, timeline)
+//!  kafka/     bootstrap, transaction.max.timeout.ms, topics, checkpoint, resume point,
+//!             idempotent write, transactional id, writes (--probe-writes)
+//!  check.rs   the line: server, check, subject, status, detail, fix
 //! ```
 //!
 //! `validate --connect` stays the fast check (`relay::preflight`, what the unit runs before
