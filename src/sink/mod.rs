@@ -26,6 +26,29 @@ pub use topics::{MetadataClient, TopicChecker};
 
 use crate::config::{ClientProps, Config};
 
+/// Blocks (up to `within`) until a broker the client learned from the cluster metadata, not the
+/// bootstrap address, answered a metadata request for `topic`, so the client's next request goes
+/// to a connection that stays.
+///
+/// A new client drops its bootstrap connection once it knows the broker ids, and a request in
+/// flight on it is lost and asked again only after a fixed backoff (500 ms for an offset query).
+/// Failures are left to the call that follows, which reports them.
+pub fn await_learned_broker<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topic: &str,
+    within: std::time::Duration,
+) {
+    let started = std::time::Instant::now();
+    while let Some(left) = within.checked_sub(started.elapsed()) {
+        match client.fetch_metadata(Some(topic), left) {
+            // Ids from the metadata are >= 0; the bootstrap address answers as -1.
+            Ok(md) if md.orig_broker_id() >= 0 => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// What the Kafka side needs, resolved from the configuration.
 #[derive(Debug, Clone)]
 pub struct SinkSettings {
