@@ -198,7 +198,7 @@ pub fn read(
     key: &CheckpointKey,
     deadline: Duration,
 ) -> Result<Option<Checkpoint>> {
-    let mut cc: ClientConfig = client.client_config();
+    let mut cc: ClientConfig = super::client_config(client);
     cc.set("group.id", format!("outbox-relay-checkpoint-reader.{key}"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
