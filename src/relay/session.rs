@@ -17,7 +17,7 @@
 //! [`preflight`] is also what `validate --connect` runs: the checks that change nothing.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -58,7 +58,8 @@ pub async fn run(
     bound: Duration,
 ) -> SessionEnd {
     let sink = settings.sink.bounded(bound);
-    let started = match start(settings, &sink, status, bound).await {
+    let mut phases = Phases::new();
+    let started = match start(settings, &sink, status, bound, &mut phases).await {
         Ok(s) => s,
         Err(e) => {
             return SessionEnd {
@@ -85,6 +86,7 @@ pub async fn run(
             };
         }
     };
+    phases.mark("metadata_client");
     let mut committer = Committer::new(
         producer,
         TopicChecker::new(meta),
@@ -92,6 +94,11 @@ pub async fn run(
         sink.max_record_bytes(),
     );
     status.set_ready(true);
+    tracing::info!(
+        start_ms = phases.total().as_millis() as u64,
+        phases = %phases,
+        "start-up done: streaming"
+    );
     if checkpoint.snapshot.is_some() {
         // The initial snapshot first; then the stream again from the slot's creation point.
         let router = live.borrow().router.clone();
@@ -167,22 +174,27 @@ async fn start(
     sink: &SinkSettings,
     status: &Arc<Status>,
     bound: Duration,
+    phases: &mut Phases,
 ) -> Result<Started> {
     let src = &settings.source;
     // (0) Checks that need no slot first, so a misconfiguration is reported before standing by.
     let control = Control::connect(src).await?;
+    phases.mark("sql_connect");
     control.check_server().await?;
     let system_id = control.system_identifier().await?;
+    phases.mark("sql_checks");
     let key = CheckpointKey::new(&system_id, &src.dbname, &src.slot);
     let kafka_wait = bound.min(Duration::from_secs(30));
     {
         let sink = sink.clone();
         tokio::task::block_in_place(|| sink::topics::ensure_checkpoint_topic(&sink, kafka_wait))?;
     }
+    phases.mark("checkpoint_topic");
 
     // (1) A missing slot: lost if a checkpoint says events were published from it.
     let mut enable_failover = false;
     let mut slot = control.slot().await?;
+    phases.mark("slot_query");
     if let (Some(info), true) = (&slot, settings.snapshot) {
         // A slot made by a start that was killed before its snapshot was written down: nothing
         // was published from it, and its snapshot is gone. Make it again.
@@ -229,7 +241,7 @@ async fn start(
         }
     };
     let opts = OpenOptions { enable_failover };
-    match acquire(sink, &control, &key, status, kafka_wait, opts).await {
+    match acquire(sink, &control, &key, status, kafka_wait, opts, phases).await {
         Ok((stream, producer, checkpoint)) => Ok(Started {
             control,
             stream,
@@ -323,11 +335,13 @@ async fn acquire(
     status: &Arc<Status>,
     kafka_wait: Duration,
     opts: OpenOptions,
+    phases: &mut Phases,
 ) -> Result<(Stream, Producer, Checkpoint)> {
     // The primary the SQL connection found (a host list names several servers).
     let src = control.settings();
     // (2) Acquire the slot.
     let mut stream = Stream::open(src, opts).await?;
+    phases.mark("replication_connect");
     status.tick();
     let result = async {
         // (3) Fence zombies, (4) read the checkpoint.
@@ -336,7 +350,9 @@ async fn acquire(
             let key = key.clone();
             tokio::task::block_in_place(|| Producer::connect(sink, key, kafka_wait))?
         };
+        phases.mark("init_transactions");
         let checkpoint = read_checkpoint(sink, key, kafka_wait)?;
+        phases.mark("checkpoint_read");
         // (5) The slot never moves past what Kafka holds, unless someone else moved it.
         let slot = control.slot().await?.ok_or_else(|| {
             Error::invariant(format!(
@@ -354,6 +370,7 @@ async fn acquire(
             &stream.history,
             &checkpoint,
         )?;
+        phases.mark("slot_check");
         Ok::<_, Error>((producer, checkpoint))
     }
     .await;
@@ -378,6 +395,46 @@ async fn acquire(
     // (6) Acknowledge what Kafka holds; the loop starts from here.
     stream.ack(checkpoint.resume_lsn);
     Ok((stream, producer, checkpoint))
+}
+
+/// How long each start-up phase took, logged once streaming begins (spawn to streaming is paid
+/// by every start, restart and takeover).
+struct Phases {
+    started: Instant,
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            last: now,
+            done: Vec::with_capacity(10),
+        }
+    }
+
+    /// The phase `name` ended now.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.done.push((name, now - self.last));
+        self.last = now;
+    }
+
+    fn total(&self) -> Duration {
+        self.last - self.started
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (name, took)) in self.done.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{name}={}ms", took.as_millis())?;
+        }
+        Ok(())
+    }
 }
 
 fn read_checkpoint(

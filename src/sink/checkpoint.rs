@@ -198,12 +198,15 @@ pub fn read(
     key: &CheckpointKey,
     deadline: Duration,
 ) -> Result<Option<Checkpoint>> {
-    let mut cc: ClientConfig = client.client_config();
+    let mut cc: ClientConfig = super::client_config(client);
     cc.set("group.id", format!("outbox-relay-checkpoint-reader.{key}"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("isolation.level", "read_committed")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // The end of the partition is known only from a fetch that comes back empty, which the
+        // broker holds for fetch.wait.max.ms (500 ms by default): every start would wait that long.
+        .set("fetch.wait.max.ms", "10");
     // The relay's own context: librdkafka's logs through tracing, and reaching the end of the
     // partition (what this reader waits for) is not logged as an error.
     let consumer: BaseConsumer<SinkContext> = cc
@@ -211,7 +214,26 @@ pub fn read(
         .map_err(|e| {
             Error::config(format!("kafka: cannot create the checkpoint reader: {e}")).with_source(e)
         })?;
+    let latest = read_to_end(&consumer, topic, key, deadline);
+    // Closing a consumer waits about 100 ms for its threads: not on the start-up path.
+    std::thread::spawn(move || drop(consumer));
+    latest
+}
+
+fn read_to_end(
+    consumer: &BaseConsumer<SinkContext>,
+    topic: &str,
+    key: &CheckpointKey,
+    deadline: Duration,
+) -> Result<Option<Checkpoint>> {
     let started = Instant::now();
+    // Learn the partition's leader before assigning it: assigned without one, librdkafka queries
+    // the start offset only after a fixed 500 ms backoff. A failure here shows in the read below.
+    super::await_learned_broker(
+        consumer.client(),
+        topic,
+        deadline.min(Duration::from_secs(5)),
+    );
     // A missing topic is answered by the metadata at once; a consumer assigned to it would only
     // say so after librdkafka's topic.metadata.propagation.max.ms (30 s), racing `deadline`.
     let metadata = consumer

@@ -220,7 +220,7 @@ impl std::fmt::Debug for Producer {
 fn producer_config(settings: &SinkSettings) -> rdkafka::ClientConfig {
     // The client's properties (secrets exposed here, to librdkafka only), then the relay's
     // defaults where the passthrough did not tune them, then what the relay owns.
-    let mut cc = settings.client.client_config();
+    let mut cc = super::client_config(&settings.client);
     for (k, v) in [
         ("compression.type", "lz4"),
         ("linger.ms", "5"),
@@ -287,6 +287,12 @@ impl Producer {
                 ))
             })?;
         let started = Instant::now();
+        // The coordinator query must not go out on the bootstrap connection (see there).
+        super::await_learned_broker(
+            producer.client(),
+            &settings.checkpoint_topic,
+            deadline.min(Duration::from_secs(1)),
+        );
         loop {
             let left = deadline.saturating_sub(started.elapsed());
             if left.is_zero() {

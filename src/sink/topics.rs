@@ -43,9 +43,7 @@ impl std::fmt::Debug for MetadataClient {
 impl MetadataClient {
     /// Creates the client (no connection is made until the first request).
     pub fn new(settings: &SinkSettings) -> Result<Self> {
-        let client = settings
-            .client
-            .client_config()
+        let client = super::client_config(&settings.client)
             .create_with_context(SinkContext::default())
             .map_err(|e| Error::config(format!("kafka: cannot create a metadata client: {e}")))?;
         Ok(Self {
@@ -188,9 +186,7 @@ pub fn ensure_checkpoint_topic(settings: &SinkSettings, within: Duration) -> Res
             "kafka: checkpoint topic {topic:?} does not exist and kafka.create_checkpoint_topic = false; create it (1 partition, cleanup.policy=compact) or allow the relay to"
         )));
     }
-    let admin: AdminClient<DefaultClientContext> = settings
-        .client
-        .client_config()
+    let admin: AdminClient<DefaultClientContext> = super::client_config(&settings.client)
         .create()
         .map_err(|e| Error::config(format!("kafka: cannot create an admin client: {e}")))?;
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");

@@ -165,7 +165,7 @@ async fn write_until_stopped(
         let rows: Vec<(String, i64)> = (0..size)
             .map(|i| {
                 let seq = n + i as i64;
-                let kind = if w % 2 == 0 { "b" } else { "p" };
+                let kind = if w.is_multiple_of(2) { "b" } else { "p" };
                 (format!("{kind}{w}-k{}", seq % 40), seq)
             })
             .collect();

@@ -19,6 +19,7 @@ mod output;
 mod procstat;
 mod report;
 mod scaling;
+mod startup;
 mod steady;
 mod writers;
 
@@ -125,10 +126,11 @@ async fn floor_run(r: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// One section alone (`--floor-only`, `--steady-only`, `--drain-only`).
+/// One section alone (`--floor-only`, `--steady-only`, `--drain-only`, `--startup-only`).
 async fn probe(opts: &Opts, only: Only, r: &mut Report) -> Result<()> {
     match only {
         Only::Floor => floor_run(r).await,
+        Only::Startup => startup::startup_run(opts, r).await,
         Only::Steady => {
             warm_up(opts, 100_000).await?;
             steady_relay(opts, r).await
@@ -179,6 +181,8 @@ async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
             ));
             floor_run(&mut r).await?;
         }
+        log("== start-up (restarts on an existing slot)");
+        startup::startup_run(opts, &mut r).await?;
         for i in 0..opts.runs {
             log(format!(
                 "== backlog {} rows, 100-row txns, run {}/{}",

@@ -15,6 +15,8 @@ pub enum Only {
     Steady,
     /// The backlog drains of the relay beside the decoding limit (section 1, no Debezium).
     Drain,
+    /// Restarts of the relay: spawn to streaming and its phases (section 2).
+    Startup,
 }
 
 #[derive(Debug, Clone)]
@@ -48,13 +50,14 @@ impl Opts {
                 "--floor-only" => only = Some(Only::Floor),
                 "--steady-only" => only = Some(Only::Steady),
                 "--drain-only" => only = Some(Only::Drain),
+                "--startup-only" => only = Some(Only::Startup),
                 "--out" => out = Some(PathBuf::from(args.next().context("--out <file>")?)),
                 "--relay-bin" => {
                     relay_bin = Some(PathBuf::from(args.next().context("--relay-bin <path>")?))
                 }
                 "-h" | "--help" => {
                     println!(
-                        "usage: outbox-relay-bench [--quick] [--no-debezium] [--floor-only] [--steady-only] [--drain-only] [--out results.json] [--relay-bin path]"
+                        "usage: outbox-relay-bench [--quick] [--no-debezium] [--floor-only] [--steady-only] [--drain-only] [--startup-only] [--out results.json] [--relay-bin path]"
                     );
                     std::process::exit(0);
                 }
