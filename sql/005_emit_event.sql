@@ -23,10 +23,21 @@
 -- Privileges: EXECUTE is granted to the group role outbox_writer only (GRANT outbox_writer TO app).
 -- The function runs with the caller's rights (SECURITY INVOKER). Note that Postgres lets every role
 -- call pg_logical_emit_message itself, so any role that can run SQL in this database can forge a
--- message with the relay's prefix; to restrict that (superuser, this database only):
---   REVOKE EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, text, text),
---                              pg_catalog.pg_logical_emit_message(boolean, text, bytea) FROM PUBLIC;
---   GRANT EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, text, bytea) TO outbox_writer;
+-- message with the relay's prefix. To restrict that, run this recipe (superuser, this database
+-- only; the function's arguments differ by version, 17 added `flush`, so it finds them itself):
+--   DO $$
+--   DECLARE f regprocedure;
+--   BEGIN
+--       FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+--                 WHERE p.proname = 'pg_logical_emit_message'
+--                   AND p.pronamespace = 'pg_catalog'::regnamespace LOOP
+--           EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+--           IF f::text LIKE '%bytea%' THEN
+--               EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO outbox_writer', f);
+--           END IF;
+--       END LOOP;
+--   END
+--   $$;
 --
 -- On Postgres 13 and older, pgoutput cannot deliver messages (its `messages` option is 14+): the
 -- function is created but refuses every call (feature_not_supported), so no event can be written

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use outbox_relay::decode::{
     self, ColumnMap, MessageDecoder, MessageEvent, OutboxDecoder, OutboxRow, PgOutput,
 };
+use outbox_relay_dev::util::repo_root;
 use outbox_relay_dev::{random_suffix, shared_servers, Postgres, TestDb};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient};
@@ -436,13 +437,7 @@ async fn only_outbox_writers_may_emit_and_nulls_are_refused() -> Result<()> {
         .await
         .context("PUBLIC may call pg_logical_emit_message by default")?;
     // ...until the hardening recipe of sql/005 is applied (this database only).
-    admin
-        .batch_execute(
-            "REVOKE EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, text, text), \
-                                       pg_catalog.pg_logical_emit_message(boolean, text, bytea) FROM PUBLIC; \
-             GRANT EXECUTE ON FUNCTION pg_catalog.pg_logical_emit_message(boolean, text, bytea) TO outbox_writer;",
-        )
-        .await?;
+    admin.batch_execute(&hardening_recipe()?).await?;
     let err = other
         .execute(
             "SELECT pg_logical_emit_message(true, 'outbox', '{\"v\":1}')",
@@ -725,4 +720,19 @@ async fn malformed_envelopes_are_dead_lettered_and_nothing_uncommitted_is_publis
 
 fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The hardening recipe as sql/005's header ships it: the commented lines from `DO $$` to `$$;`.
+fn hardening_recipe() -> Result<String> {
+    let sql = std::fs::read_to_string(repo_root().join("sql/005_emit_event.sql"))?;
+    let lines: Vec<&str> = sql
+        .lines()
+        .skip_while(|l| l.trim() != "--   DO $$")
+        .map(|l| l.strip_prefix("--   ").unwrap_or(l))
+        .collect();
+    let end = lines
+        .iter()
+        .position(|l| l.trim() == "$$;")
+        .context("sql/005: no hardening recipe (DO $$ ... $$;) in the header")?;
+    Ok(lines[..=end].join("\n"))
 }
