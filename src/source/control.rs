@@ -294,6 +294,23 @@ impl Control {
         ))
     }
 
+    /// How many physical standbys this server shows: physical slots, plus walsenders streaming WAL
+    /// without a slot (a standby streaming without a slot). Both views are readable by every role.
+    pub async fn physical_standbys(&self) -> Result<i64> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_type = 'physical') \
+                      + (SELECT count(*) FROM pg_catalog.pg_stat_replication r \
+                          WHERE r.state IN ('streaming', 'catchup') AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots s \
+                                             WHERE s.active_pid = r.pid))",
+                &[],
+            )
+            .await
+            .map_err(|e| self.err("counting physical standbys", e))?;
+        Ok(row.get(0))
+    }
+
     /// A server setting (`SHOW name`).
     pub async fn show(&self, name: &str) -> Result<String> {
         Ok(self

@@ -141,7 +141,17 @@ pub(super) async fn failover(
         )
     } else {
         let f = control.failover(slot).await?;
-        if f.ready() {
+        if !f.ready()
+            && f.synchronized_standby_slots.is_empty()
+            && control.physical_standbys().await? == 0
+        {
+            // A single server: nothing to fail over to, so nothing to warn about yet.
+            Check::skip(
+                PG,
+                "failover",
+                "no standby replicates from this server (no physical slot or walsender): nothing to fail over to; with a standby, see README \"Postgres versions and high availability\"",
+            )
+        } else if f.ready() {
             Check::ok(
                 PG,
                 "failover",
