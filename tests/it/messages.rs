@@ -326,7 +326,8 @@ async fn messages_arrive_through_pgoutput_as_the_rows_they_stand_for() -> Result
             other => anyhow::bail!("unexpected change {other:?}"),
         }
     }
-    let sizes: Vec<usize> = per_txn.iter().map(|(_, n)| *n).collect();
+    // Postgres 14 also sends the transactions that decoded to nothing (15 and later skip them).
+    let sizes: Vec<usize> = per_txn.iter().map(|(_, n)| *n).filter(|n| *n > 0).collect();
     ensure!(
         sizes == [3, 1, 1],
         "transactions and their message counts: {per_txn:?}"
