@@ -322,8 +322,9 @@ async fn failover_under_load(kill_relay: bool, test: &str) -> Result<()> {
     let resumed = promoted.elapsed();
     let at_failover = writers.attempted();
     writers.wait_attempted(at_failover + 14_000).await?;
-    let attempted = writers.attempted();
+    let counter = Arc::clone(&writers.attempted);
     let failed = writers.stop().await?;
+    let attempted = counter.load(Ordering::Relaxed);
 
     let truth = truth(&front).await?;
     wait_published(&topics, &truth, Duration::from_secs(120)).await?;
@@ -385,13 +386,19 @@ async fn failover_switchover_loses_and_repeats_nothing() -> Result<()> {
     let took = pair.switch_over().await?;
     let at = writers.attempted();
     writers.wait_attempted(at + 4_000).await?;
-    let attempted = writers.attempted();
-    writers.stop().await?;
+    let counter = Arc::clone(&writers.attempted);
+    let failed = writers.stop().await?;
+    let attempted = counter.load(Ordering::Relaxed);
     let truth = truth(&front).await?;
     wait_published(&topics, &truth, Duration::from_secs(120)).await?;
     stop(&mut relay).await?;
     let v = verify(&truth, &Kafka::shared().collect(&topics).await?);
-    report(test, &v, attempted, &format!("switchover {took:.1?}"));
+    report(
+        test,
+        &v,
+        attempted,
+        &format!("switchover {took:.1?}, {failed} writer transactions failed in it"),
+    );
     v.assert_exactly_once();
     Ok(())
 }
