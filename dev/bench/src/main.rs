@@ -34,7 +34,7 @@ use crate::helpers::{log, percentile, started};
 use crate::opts::{Only, Opts};
 use crate::output::{markdown, to_json};
 use crate::report::Report;
-use crate::scaling::{human, scaling_run};
+use crate::scaling::{human, large_txn_run, scaling_run};
 use crate::steady::{steady_debezium, steady_relay};
 
 const READY: &str = "outbox-relay started";
@@ -126,11 +126,24 @@ async fn floor_run(r: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// One section alone (`--floor-only`, `--steady-only`, `--drain-only`, `--startup-only`).
+/// One section alone (`--floor-only`, `--steady-only`, `--drain-only`, `--startup-only`,
+/// `--large-txn-only`).
 async fn probe(opts: &Opts, only: Only, r: &mut Report) -> Result<()> {
     match only {
         Only::Floor => floor_run(r).await,
         Only::Startup => startup::startup_run(opts, r).await,
+        Only::LargeTxn => {
+            let sizes: &[i64] = if opts.quick {
+                &[300_000]
+            } else {
+                &[300_000, 1_000_000]
+            };
+            for rows in sizes {
+                log(format!("== one transaction of {rows} rows"));
+                large_txn_run(opts, r, *rows).await?;
+            }
+            Ok(())
+        }
         Only::Steady => {
             warm_up(opts, 100_000).await?;
             steady_relay(opts, r).await

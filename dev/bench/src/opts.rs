@@ -17,6 +17,8 @@ pub enum Only {
     Drain,
     /// Restarts of the relay: spawn to streaming and its phases (section 2).
     Startup,
+    /// One Postgres transaction of 300k (and, full, 1M) rows: peak RSS (section 7).
+    LargeTxn,
 }
 
 #[derive(Debug, Clone)]
@@ -51,13 +53,14 @@ impl Opts {
                 "--steady-only" => only = Some(Only::Steady),
                 "--drain-only" => only = Some(Only::Drain),
                 "--startup-only" => only = Some(Only::Startup),
+                "--large-txn-only" => only = Some(Only::LargeTxn),
                 "--out" => out = Some(PathBuf::from(args.next().context("--out <file>")?)),
                 "--relay-bin" => {
                     relay_bin = Some(PathBuf::from(args.next().context("--relay-bin <path>")?))
                 }
                 "-h" | "--help" => {
                     println!(
-                        "usage: outbox-relay-bench [--quick] [--no-debezium] [--floor-only] [--steady-only] [--drain-only] [--startup-only] [--out results.json] [--relay-bin path]"
+                        "usage: outbox-relay-bench [--quick] [--no-debezium] [--floor-only] [--steady-only] [--drain-only] [--startup-only] [--large-txn-only] [--out results.json] [--relay-bin path]"
                     );
                     std::process::exit(0);
                 }

@@ -1,4 +1,5 @@
-//! Scaling: the relay's drain, CPU and peak memory as the backlog grows.
+//! Scaling: the relay's drain, CPU and peak memory as the backlog grows, and with one Postgres
+//! transaction far past `batch.split_events` (published in several Kafka transactions).
 
 use std::time::Instant;
 
@@ -33,6 +34,41 @@ pub async fn scaling_run(opts: &Opts, report: &mut Report, rows: i64) -> Result<
     report.add(
         s,
         &format!("drain at {label}"),
+        "events/s",
+        rows as f64 / d.relay_secs,
+    );
+    drop_env(env).await
+}
+
+/// One Postgres transaction of `rows` rows, drained by a relay with the default `split_events`:
+/// its peak RSS shows whether a huge transaction stays bounded (the relay never holds it whole).
+pub async fn large_txn_run(opts: &Opts, report: &mut Report, rows: i64) -> Result<()> {
+    let env = new_env().await?;
+    create_relay_slot(opts, &env).await?;
+    let t = Instant::now();
+    let backlog = write_backlog(&env.db, rows, rows).await?;
+    log(format!(
+        "large transaction: wrote {rows} rows in one transaction in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    let d = relay_drain(opts, &env, backlog, rows).await?;
+    let label = human(rows);
+    log(format!(
+        "large transaction {label}: {:.2} s, RSS {:.1} MB, CPU {:.2} s",
+        d.relay_secs,
+        d.relay.hwm_mb(),
+        d.relay.cpu_secs()
+    ));
+    let s = "7. one Postgres transaction (split into Kafka transactions)";
+    report.add(
+        s,
+        &format!("peak RSS, {label} rows"),
+        "MB",
+        d.relay.hwm_mb(),
+    );
+    report.add(
+        s,
+        &format!("drain, {label} rows"),
         "events/s",
         rows as f64 / d.relay_secs,
     );
