@@ -226,7 +226,6 @@ fn producer_config(settings: &SinkSettings) -> rdkafka::ClientConfig {
         ("linger.ms", "5"),
         ("batch.num.messages", "10000"),
         ("queue.buffering.max.messages", "100000"),
-        ("queue.buffering.max.kbytes", "16384"),
         // The first record of a transaction needs AddPartitionsToTxn, which the coordinator
         // answers CONCURRENT_TRANSACTIONS until the previous commit's markers are written;
         // librdkafka retries after retry.backoff.ms (default 100 ms), which then dominates.
@@ -235,6 +234,14 @@ fn producer_config(settings: &SinkSettings) -> rdkafka::ClientConfig {
         if cc.get(k).is_none() {
             cc.set(k, v);
         }
+    }
+    // The bytes librdkafka holds before the brokers acknowledged them bound the relay's memory in a
+    // Kafka transaction larger than a batch (a split Postgres transaction keeps producing until
+    // `split_events`): 16 MiB cost 35-45 MB of RSS there, 4 MiB keeps the drain rate (issue 16).
+    // The largest record must still fit, or producing it would wait for room forever.
+    if cc.get("queue.buffering.max.kbytes").is_none() {
+        let kbytes = (2 * settings.max_record_bytes()).div_ceil(1024).max(4096);
+        cc.set("queue.buffering.max.kbytes", kbytes.to_string());
     }
     let timeout_ms = settings.transaction_timeout.as_millis().to_string();
     cc.set("transactional.id", &settings.transactional_id)
@@ -595,6 +602,14 @@ mod tests {
         assert_eq!(cc.get("transactional.id"), Some("outbox-relay-slot"));
         assert_eq!(cc.get("transaction.timeout.ms"), Some("60000"));
         assert_eq!(cc.get("compression.type"), Some("lz4"));
+        assert_eq!(cc.get("queue.buffering.max.kbytes"), Some("4096"));
+        // The largest record still fits the queue when message.max.bytes is raised.
+        let mut big = super::super::tests::settings();
+        big.client.set("message.max.bytes", "10000000");
+        assert_eq!(
+            producer_config(&big).get("queue.buffering.max.kbytes"),
+            Some("19532")
+        );
         // Secrets reach librdkafka (rust-rdkafka's config_map() would have masked them).
         assert_eq!(cc.get("sasl.password"), Some("pw-never-printed"));
         // A passthrough property overrides the relay's default.
