@@ -1,21 +1,16 @@
 //! The audit's SQL connection: its own, from the configuration alone, so audit depends on the
 //! `[postgres]` keys and not on the relay's internal settings.
 //!
-//! TLS keeps libpq's meanings, as the relay's connection does: `disable`/`prefer` connect in clear
+//! TLS is the relay's own connector (`source::tls`), with libpq's meanings: `disable`/`prefer` connect in clear
 //! (prefer falls back), `require` encrypts without verifying (unless `sslrootcert` is given),
 //! `verify-ca` checks the chain against `sslrootcert`, `verify-full` also the host name. The
 //! session is tagged `application_name = outbox-relay-audit` so DBAs can tell it from the relay.
 
-use std::sync::Arc;
-
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::{Client, NoTls};
 
 use super::Failure;
 use crate::config::Config;
+use crate::error::Kind;
 
 /// Connects as the configured role.
 pub async fn connect(cfg: &Config) -> Result<Client, Failure> {
@@ -63,127 +58,15 @@ pub async fn connect(cfg: &Config) -> Result<Client, Failure> {
     Ok(client)
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-fn roots(path: Option<&std::path::Path>) -> Result<Option<Arc<RootCertStore>>, Failure> {
-    let Some(path) = path else {
-        return Ok(None);
-    };
-    let bad = |what: String| Failure::Config(format!("postgres.sslrootcert: {what}"));
-    let mut store = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| bad(format!("bad PEM in {}: {e}", path.display())))?;
-        store
-            .add(cert)
-            .map_err(|e| bad(format!("unusable certificate in {}: {e}", path.display())))?;
-    }
-    Ok(Some(Arc::new(store)))
-}
-
-/// The connector for `require`, `verify-ca` and `verify-full`.
+/// The relay's own TLS connector (`source::tls`), its errors as audit's.
 fn connector(
     mode: &str,
     sslrootcert: Option<&std::path::Path>,
 ) -> Result<tokio_postgres_rustls::MakeRustlsConnect, Failure> {
-    let provider = provider();
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Failure::Internal(format!("TLS protocol versions: {e}")))?;
-    let config = match (mode, roots(sslrootcert)?) {
-        ("verify-full", Some(roots)) => builder.with_root_certificates(roots).with_no_client_auth(),
-        ("verify-full" | "verify-ca", None) => {
-            return Err(Failure::Config(format!(
-                "postgres.sslrootcert is required for sslmode = {mode:?}"
-            )))
-        }
-        (_, roots) => {
-            let inner = match roots {
-                Some(roots) => Some(
-                    rustls::client::WebPkiServerVerifier::builder_with_provider(
-                        roots,
-                        provider.clone(),
-                    )
-                    .build()
-                    .map_err(|e| Failure::Config(format!("postgres.sslrootcert: {e}")))?,
-                ),
-                None => None,
-            };
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Lenient { inner, provider }))
-                .with_no_client_auth()
-        }
-    };
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
-}
-
-/// Verifies the chain but accepts any host name (`verify-ca`), or accepts anything (`require`
-/// without a CA).
-#[derive(Debug)]
-struct Lenient {
-    inner: Option<Arc<rustls::client::WebPkiServerVerifier>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for Lenient {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(inner) = &self.inner else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        match inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
-            Ok(v) => Ok(v),
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForName
-                | rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    crate::source::tls::connector_for(mode, sslrootcert).map_err(|e| match e.kind() {
+        Kind::Config => Failure::Config(e.to_string()),
+        _ => Failure::Internal(e.to_string()),
+    })
 }
 
 #[cfg(test)]

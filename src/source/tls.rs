@@ -1,6 +1,7 @@
 //! TLS for the SQL connection, with libpq's meanings: `require` encrypts without verifying (unless a
 //! CA is given), `verify-ca` checks the chain against `sslrootcert`, `verify-full` also the host name.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -15,8 +16,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn roots(s: &SourceSettings) -> Result<Option<Arc<RootCertStore>>> {
-    let Some(path) = &s.sslrootcert else {
+fn roots(sslrootcert: Option<&Path>) -> Result<Option<Arc<RootCertStore>>> {
+    let Some(path) = sslrootcert else {
         return Ok(None);
     };
     let mut store = RootCertStore::empty();
@@ -110,17 +111,25 @@ impl ServerCertVerifier for Lenient {
 
 /// The connector for `require`, `verify-ca` and `verify-full`.
 pub fn connector(s: &SourceSettings) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    connector_for(&s.sslmode, s.sslrootcert.as_deref())
+}
+
+/// The connector for `sslmode` (`require`, `verify-ca` or `verify-full`) and the CA bundle at
+/// `sslrootcert`: the relay's connections and audit's share it.
+pub fn connector_for(
+    sslmode: &str,
+    sslrootcert: Option<&Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::internal("TLS protocol versions").with_source(e))?;
-    let roots = roots(s)?;
-    let config = match (s.sslmode.as_str(), roots) {
+    let roots = roots(sslrootcert)?;
+    let config = match (sslmode, roots) {
         ("verify-full", Some(roots)) => builder.with_root_certificates(roots).with_no_client_auth(),
         ("verify-full" | "verify-ca", None) => {
             return Err(Error::config(format!(
-                "postgres.sslrootcert is required for sslmode = {:?}",
-                s.sslmode
+                "postgres.sslrootcert is required for sslmode = {sslmode:?}"
             )))
         }
         (_, roots) => {
