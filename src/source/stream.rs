@@ -276,42 +276,23 @@ pub struct Identity {
 /// attribute allow the relay's connection (`doctor`), and gives the timeline
 /// (`reset-checkpoint --to-lsn`).
 pub async fn identify(s: &SourceSettings) -> Result<Identity> {
-    let cfg = replication_config(s)?;
-    let asking = async {
-        let mut client = ReplicationClient::connect_gated(cfg)
-            .await
-            .map_err(|e| map_pg_error(s, "connecting for replication", e))?;
-        let ident = client
-            .identify_system()
-            .await
-            .map_err(|e| map_pg_error(s, "IDENTIFY_SYSTEM", e))?;
-        let history = if ident.timeline > 1 {
-            let h = client
-                .timeline_history(ident.timeline)
-                .await
-                .map_err(|e| map_pg_error(s, "TIMELINE_HISTORY", e))?;
-            parse_history(&String::from_utf8_lossy(&h.content))
-        } else {
-            Vec::new()
-        };
-        // A gated client dropped before `start` closes its gate: the worker sends Terminate and
-        // the walsender ends without ever streaming.
-        drop(client);
-        Ok::<_, Error>(Identity {
-            system_id: ident.system_id,
-            timeline: ident.timeline,
-            xlogpos: Lsn(ident.xlogpos.as_u64()),
-            history,
-        })
-    };
-    match tokio::time::timeout(s.connect_timeout + Duration::from_secs(5), asking).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::transient(format!(
-            "postgres {}: replication connection not established within {:?}",
-            s.address(),
-            s.connect_timeout
-        ))),
-    }
+    let Gated {
+        client,
+        system_id,
+        server_lsn,
+        timeline,
+        history,
+        ..
+    } = Gated::connect(s).await?;
+    // A gated client dropped before `start` closes its gate: the worker sends Terminate and the
+    // walsender ends without ever streaming.
+    drop(client);
+    Ok(Identity {
+        system_id,
+        timeline,
+        xlogpos: server_lsn,
+        history,
+    })
 }
 
 impl Stream {
