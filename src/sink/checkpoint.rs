@@ -229,21 +229,24 @@ fn read_to_end(
     let started = Instant::now();
     // Learn the partition's leader before assigning it: assigned without one, librdkafka queries
     // the start offset only after a fixed 500 ms backoff. A failure here shows in the read below.
-    super::await_learned_broker(
+    let learned = super::await_learned_broker(
         consumer.client(),
         topic,
         deadline.min(Duration::from_secs(5)),
     );
     // A missing topic is answered by the metadata at once; a consumer assigned to it would only
     // say so after librdkafka's topic.metadata.propagation.max.ms (30 s), racing `deadline`.
-    let metadata = consumer
-        .fetch_metadata(Some(topic), deadline)
-        .map_err(|e| {
-            Error::transient(format!(
-                "kafka: cannot read the metadata of checkpoint topic {topic:?}"
-            ))
-            .with_source(e)
-        })?;
+    let metadata = match learned {
+        Some(md) => md,
+        None => consumer
+            .fetch_metadata(Some(topic), deadline)
+            .map_err(|e| {
+                Error::transient(format!(
+                    "kafka: cannot read the metadata of checkpoint topic {topic:?}"
+                ))
+                .with_source(e)
+            })?,
+    };
     if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) {
         if matches!(
             t.error().map(RDKafkaErrorCode::from),

@@ -45,26 +45,27 @@ pub fn client_config(client: &ClientProps) -> rdkafka::ClientConfig {
 
 /// Blocks (up to `within`) until a broker the client learned from the cluster metadata, not the
 /// bootstrap address, answered a metadata request for `topic`, so the client's next request goes
-/// to a connection that stays.
+/// to a connection that stays; returns that answer.
 ///
 /// A new client drops its bootstrap connection once it knows the broker ids, and a request in
 /// flight on it is lost: a transaction coordinator query is then asked again only after a fixed
 /// 500 ms (half of the starts measured in issue 16 paid it in `init_transactions`), an offset
-/// query likewise. Failures are left to the call that follows, which reports them.
+/// query likewise. Failures are left to the call that follows, which reports them (`None`).
 pub fn await_learned_broker<C: rdkafka::ClientContext>(
     client: &rdkafka::client::Client<C>,
     topic: &str,
     within: std::time::Duration,
-) {
+) -> Option<rdkafka::metadata::Metadata> {
     let started = std::time::Instant::now();
     while let Some(left) = within.checked_sub(started.elapsed()) {
         match client.fetch_metadata(Some(topic), left) {
             // Ids from the metadata are >= 0; the bootstrap address answers as -1.
-            Ok(md) if md.orig_broker_id() >= 0 => return,
+            Ok(md) if md.orig_broker_id() >= 0 => return Some(md),
             Ok(_) => {}
-            Err(_) => return,
+            Err(_) => return None,
         }
     }
+    None
 }
 
 /// What the Kafka side needs, resolved from the configuration.
