@@ -733,7 +733,20 @@ fn consumer(bootstrap: &str, read_committed: bool, eof: bool) -> Result<BaseCons
 
 /// The partition ids of `topic`.
 fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>> {
-    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    // A new client may lose a request sent as it drops its bootstrap connection
+    // (BrokerTransportFailure): ask again until the deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let md = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match consumer.fetch_metadata(Some(topic), left) {
+            Ok(md) => break md,
+            Err(e) if left > Duration::from_millis(100) => {
+                eprintln!("[harness] metadata of {topic}: {e}; asking again");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e).with_context(|| format!("metadata of {topic}")),
+        }
+    };
     let t = md
         .topics()
         .iter()
