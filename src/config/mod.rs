@@ -101,6 +101,8 @@ pub struct Config {
     pub errors: ErrorsConfig,
     /// `[batch]`: how many events go into one Kafka transaction.
     pub batch: BatchConfig,
+    /// `[catchup]`: draining a backlog through the SQL decoding interface.
+    pub catchup: CatchupConfig,
     /// `[shutdown]`: draining on SIGTERM.
     pub shutdown: ShutdownConfig,
     /// `[retry]`: backoff while Postgres or Kafka is unavailable.
@@ -613,6 +615,47 @@ impl BatchConfig {
     /// `idle_checkpoint_ms` as a duration.
     pub fn idle_checkpoint(&self) -> Duration {
         Duration::from_millis(self.idle_checkpoint_ms)
+    }
+}
+
+string_enum! {
+    /// `catchup.mode`
+    CatchupMode, default Auto {
+        /// Catch up through the SQL interface when a session starts `catchup.min_lag_mb` or more
+        /// behind, then stream.
+        Auto = "auto",
+        /// Always stream (`START_REPLICATION`).
+        Off = "off",
+        /// Never stream: read every change through the SQL interface, polling when caught up
+        /// (for tests and benchmarks of the catch-up path).
+        Always = "always",
+    }
+}
+
+/// `[catchup]`: a backlog is read through `pg_logical_slot_get_binary_changes` (2.5-3x what the
+/// walsender streams), then the relay streams again.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CatchupConfig {
+    /// `auto`, `off` or `always`.
+    pub mode: CatchupMode,
+    /// `auto`: catch up when a session starts with the slot at least this many MiB of WAL behind
+    /// the server's current position.
+    pub min_lag_mb: u64,
+    /// Changes asked of each SQL call (a call returns whole transactions, so it may return more).
+    pub chunk_changes: u64,
+    /// `always`: how long to wait before asking again when a call returned nothing, in milliseconds.
+    pub poll_ms: u64,
+}
+
+impl Default for CatchupConfig {
+    fn default() -> Self {
+        Self {
+            mode: CatchupMode::Auto,
+            min_lag_mb: 64,
+            chunk_changes: 20_000,
+            poll_ms: 100,
+        }
     }
 }
 

@@ -8,8 +8,8 @@
 //! fails if one has no class.
 
 use super::{
-    AdminConfig, BatchConfig, ColumnsConfig, Config, ErrorsConfig, KafkaConfig, LogConfig,
-    OutboxConfig, PostgresConfig, RetryConfig, RoutingConfig, ShutdownConfig,
+    AdminConfig, BatchConfig, CatchupConfig, ColumnsConfig, Config, ErrorsConfig, KafkaConfig,
+    LogConfig, OutboxConfig, PostgresConfig, RetryConfig, RoutingConfig, ShutdownConfig,
 };
 
 /// When a changed key takes effect.
@@ -101,6 +101,9 @@ reload_table! {
         max_events => LIVE, max_bytes => LIVE, max_delay_ms => LIVE, split_events => LIVE,
         idle_checkpoint_ms => LIVE,
     }
+    "catchup" => catchup: CatchupConfig {
+        mode => RESTART, min_lag_mb => RESTART, chunk_changes => RESTART, poll_ms => RESTART,
+    }
     "shutdown" => shutdown: ShutdownConfig { drain_timeout_ms => RESTART }
     "retry" => retry: RetryConfig { initial_backoff_ms => RESTART, max_backoff_ms => RESTART, max_elapsed_ms => RESTART }
     "admin" => admin: AdminConfig { listen => RESTART }
@@ -116,6 +119,7 @@ const _: fn(&Config) = |c| {
         routing: _,
         errors: _,
         batch: _,
+        catchup: _,
         shutdown: _,
         retry: _,
         admin: _,

@@ -136,6 +136,10 @@ pub(super) fn validate(c: &Config) -> Check {
     at_least("batch.split_events", b.split_events as u64, 1)?;
     at_least("batch.idle_checkpoint_ms", b.idle_checkpoint_ms, 100)?;
 
+    let cu = &c.catchup;
+    at_least("catchup.chunk_changes", cu.chunk_changes, 1)?;
+    at_least("catchup.poll_ms", cu.poll_ms, 1)?;
+
     let rt = &c.retry;
     at_least("retry.initial_backoff_ms", rt.initial_backoff_ms, 1)?;
     if rt.max_backoff_ms < rt.initial_backoff_ms {

@@ -38,7 +38,8 @@ use crate::error::{Error, Kind, Result};
 use crate::lsn::Lsn;
 use crate::shutdown::Shutdown;
 use crate::sink::{Committer, Outcome, Partial, Refusals};
-use crate::source::{Control, SourceEvent, Stream};
+use crate::source::stream::OpenOptions;
+use crate::source::{Control, Reader, SourceEvent, Stream};
 use crate::telemetry::Status;
 
 /// How often the SQL connection checks the slot while streaming; a check that does not answer in
@@ -56,7 +57,11 @@ const BURST: usize = 256;
 pub struct Pipeline<'a> {
     settings: &'a RelaySettings,
     control: Control,
-    stream: Stream,
+    stream: Reader,
+    /// How to open the stream when a catch-up read reaches the WAL end.
+    reopen: OpenOptions,
+    /// The catch-up read reached the WAL end: switch to streaming at the next turn.
+    caught_up: bool,
     tracker: Tracker,
     committer: Committer,
     decoder: OutboxDecoder,
@@ -80,7 +85,8 @@ impl<'a> Pipeline<'a> {
     pub fn new(
         settings: &'a RelaySettings,
         control: Control,
-        stream: Stream,
+        stream: Reader,
+        reopen: OpenOptions,
         tracker: Tracker,
         committer: Committer,
         live_now: LiveSettings,
@@ -95,6 +101,8 @@ impl<'a> Pipeline<'a> {
             settings,
             control,
             stream,
+            reopen,
+            caught_up: false,
             tracker,
             committer,
             decoder: OutboxDecoder::new(
@@ -131,6 +139,10 @@ impl<'a> Pipeline<'a> {
                 tracing::warn!("test hook OUTBOX_RELAY_TEST_STALL_AFTER_READY: the pipeline loop stops turning");
                 std::future::pending::<()>().await;
             }
+            if self.caught_up && self.stop_after.is_none() {
+                self.caught_up = false;
+                self.switch_to_streaming().await?;
+            }
             if self.stop_after.is_some() && !self.committer.committing() {
                 return Err(self
                     .stop_after
@@ -162,7 +174,7 @@ impl<'a> Pipeline<'a> {
                     self.handle(ev?)?;
                     // Take what is already buffered without yielding to the timers each time.
                     for _ in 0..BURST {
-                        if self.stop_after.is_some() {
+                        if self.stop_after.is_some() || self.caught_up {
                             break;
                         }
                         match futures::FutureExt::now_or_never(self.stream.recv(&self.settings.source)) {
@@ -213,6 +225,40 @@ impl<'a> Pipeline<'a> {
         };
         stream.close().await;
         (result, committer.into_refusals())
+    }
+
+    /// The catch-up read reached the WAL end (always at a Postgres commit boundary: a SQL call
+    /// returns whole transactions): commit everything read, then stream from the slot. The
+    /// stream starts at the slot's position, at or before what Kafka now holds, and the tracker
+    /// skips what the checkpoint covers, as at any start.
+    async fn switch_to_streaming(&mut self) -> Result<()> {
+        let started = Instant::now();
+        if !self.committer.fill().is_empty() {
+            self.decide(None)?;
+        }
+        while self.committer.committing() {
+            let outcome = self.committer.finished().await?;
+            self.on_commit(outcome)?;
+            if !self.committer.committing() && !self.committer.fill().is_empty() {
+                self.decide(None)?;
+            }
+        }
+        // The last acknowledgement reaches the slot, and no SQL call holds it, before the
+        // walsender may take it.
+        if let Reader::CatchUp(c) = &mut self.stream {
+            c.stop().await;
+        }
+        let src = self.control.settings().clone();
+        let stream = Stream::open(&src, self.reopen).await?;
+        self.stream = Reader::Stream(stream);
+        self.stream.ack(self.tracker.resume_lsn());
+        self.status.metrics.catching_up(false);
+        tracing::info!(
+            resume_lsn = %self.tracker.resume_lsn(),
+            switch_ms = started.elapsed().as_millis() as u64,
+            "caught up: streaming from the slot again"
+        );
+        Ok(())
     }
 
     /// Cuts the assembling Kafka transaction here (with `partial` inside a Postgres transaction).
@@ -315,6 +361,10 @@ impl<'a> Pipeline<'a> {
                 prefix,
                 content,
             } => self.message(transactional, lsn, &prefix, content),
+            SourceEvent::CaughtUp => {
+                self.caught_up = true;
+                Ok(())
+            }
             SourceEvent::KeepAlive { wal_end } => {
                 self.wal_end = self.wal_end.max(wal_end);
                 self.status

@@ -25,6 +25,8 @@ use super::pipeline::Pipeline;
 use super::settings::{LiveSettings, OnError, RelaySettings};
 use super::snapshot;
 use super::tracker::Tracker;
+use crate::config::CatchupMode;
+use crate::error::Kind;
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 use crate::shutdown::Shutdown;
@@ -32,8 +34,9 @@ use crate::sink::{
     self, checkpoint, Checkpoint, CheckpointKey, Committer, MetadataClient, Producer, Refusals,
     SinkSettings, SnapshotProgress, SnapshotState, TopicChecker,
 };
+use crate::source::catchup::{self, AtEnd, CatchUp};
 use crate::source::stream::{Gated, OpenOptions};
-use crate::source::{Control, SlotInfo, SourceSettings, Stream};
+use crate::source::{Control, Reader, SlotInfo, SourceSettings, Stream};
 use crate::telemetry::Status;
 
 /// How a session ended.
@@ -71,7 +74,9 @@ pub async fn run(
     };
     let Started {
         control,
-        mut stream,
+        stream,
+        reopen,
+        timeline,
         producer,
         mut checkpoint,
     } = started;
@@ -94,12 +99,31 @@ pub async fn run(
         sink.max_record_bytes(),
     );
     status.set_ready(true);
+    status.metrics.catching_up(stream.catching_up());
     tracing::info!(
         start_ms = phases.total().as_millis() as u64,
         phases = %phases,
-        "start-up done: streaming"
+        "start-up done: {}",
+        if stream.catching_up() { "catching up" } else { "streaming" }
     );
     if checkpoint.snapshot.is_some() {
+        // The snapshot runs while a stream holds the slot (its events are read and dropped).
+        let stream = match stream {
+            Reader::Stream(s) => s,
+            Reader::CatchUp(c) => {
+                c.close().await;
+                match Stream::open(control.settings(), reopen).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        return SessionEnd {
+                            result: Err(e),
+                            streamed: true,
+                            refusals: committer.into_refusals(),
+                        }
+                    }
+                }
+            }
+        };
         // The initial snapshot first; then the stream again from the slot's creation point.
         let router = live.borrow().router.clone();
         let src = control.settings().clone();
@@ -128,28 +152,61 @@ pub async fn run(
             Err(e) => Err(e),
         };
         match reopened {
-            Ok((s, cp)) => {
-                stream = s;
-                stream.ack(cp.resume_lsn);
+            Ok((mut s, cp)) => {
+                s.ack(cp.resume_lsn);
                 checkpoint = cp;
+                run_pipeline(
+                    settings,
+                    control,
+                    Reader::Stream(s),
+                    reopen,
+                    timeline,
+                    committer,
+                    checkpoint,
+                    shutdown,
+                    status,
+                    live,
+                )
+                .await
             }
             Err(e) => {
                 if committer.abort() {
                     status.metrics.aborted();
                 }
-                return SessionEnd {
+                SessionEnd {
                     result: Err(e),
                     streamed: true,
                     refusals: committer.into_refusals(),
-                };
+                }
             }
         }
+    } else {
+        run_pipeline(
+            settings, control, stream, reopen, timeline, committer, checkpoint, shutdown, status,
+            live,
+        )
+        .await
     }
-    let tracker =
-        Tracker::new(checkpoint.resume_lsn, checkpoint.partial).on_timeline(stream.timeline);
+}
+
+/// Hands a started session to the loop and runs it to its end.
+#[allow(clippy::too_many_arguments)]
+async fn run_pipeline(
+    settings: &RelaySettings,
+    control: Control,
+    stream: Reader,
+    reopen: OpenOptions,
+    timeline: u32,
+    committer: Committer,
+    checkpoint: Checkpoint,
+    shutdown: &Shutdown,
+    status: &Arc<Status>,
+    live: &mut watch::Receiver<LiveSettings>,
+) -> SessionEnd {
+    let tracker = Tracker::new(checkpoint.resume_lsn, checkpoint.partial).on_timeline(timeline);
     let current = live.borrow_and_update().clone();
     let mut pipe = Pipeline::new(
-        settings, control, stream, tracker, committer, current, live, status,
+        settings, control, stream, reopen, tracker, committer, current, live, status,
     );
     let result = pipe.run(shutdown).await;
     let (result, refusals) = pipe.finish(result).await;
@@ -163,7 +220,11 @@ pub async fn run(
 /// What start-up hands to the loop.
 struct Started {
     control: Control,
-    stream: Stream,
+    stream: Reader,
+    /// How to open the stream later (after a catch-up).
+    reopen: OpenOptions,
+    /// The server's timeline.
+    timeline: u32,
     producer: Producer,
     checkpoint: Checkpoint,
 }
@@ -190,6 +251,19 @@ async fn start(
         tokio::task::block_in_place(|| sink::topics::ensure_checkpoint_topic(&sink, kafka_wait))?;
     }
     phases.mark("checkpoint_topic");
+    // A relay holds this lock for as long as it runs on the slot (streaming or catching up):
+    // a standby waits here, before it touches the slot.
+    if !control.hold_slot().await? {
+        return Err(Error::new(
+            Kind::Standby,
+            format!(
+                "postgres {}: slot {:?} is held by another relay (its advisory lock): standing by",
+                src.address(),
+                src.slot
+            ),
+        ));
+    }
+    phases.mark("relay_lock");
 
     // (1) A missing slot: lost if a checkpoint says events were published from it.
     let mut enable_failover = false;
@@ -205,10 +279,12 @@ async fn start(
             slot = None;
         }
     }
+    let mut catch_up = false;
     let created = match slot {
         Some(info) => {
             control.check_slot(&info)?;
             enable_failover = src.failover_slot && info.failover == Some(false);
+            catch_up = choose_catch_up(settings, &control, &info).await?;
             false
         }
         None => {
@@ -232,7 +308,9 @@ async fn start(
                     create_with_snapshot(sink, &control, &key, kafka_wait).await?;
                 return Ok(Started {
                     control,
-                    stream,
+                    timeline: stream.timeline,
+                    stream: Reader::Stream(stream),
+                    reopen: OpenOptions::default(),
                     producer,
                     checkpoint,
                 });
@@ -241,10 +319,20 @@ async fn start(
         }
     };
     let opts = OpenOptions { enable_failover };
-    match acquire(sink, &control, &key, status, kafka_wait, opts, phases).await {
-        Ok((stream, producer, checkpoint)) => Ok(Started {
+    let how = catch_up.then(|| catchup::Options {
+        chunk_changes: settings.catchup.chunk_changes,
+        at_end: match settings.catchup.mode {
+            CatchupMode::Always => AtEnd::Poll(Duration::from_millis(settings.catchup.poll_ms)),
+            _ => AtEnd::Stream,
+        },
+    });
+    phases.mark("catchup_check");
+    match acquire(sink, &control, &key, status, kafka_wait, opts, how, phases).await {
+        Ok((stream, timeline, producer, checkpoint)) => Ok(Started {
             control,
             stream,
+            reopen: opts,
+            timeline,
             producer,
             checkpoint,
         }),
@@ -327,7 +415,53 @@ fn commit_checkpoint(producer: &mut Producer, cp: &Checkpoint) -> Result<()> {
     })
 }
 
-/// Steps 2-6.
+/// Whether this session reads the backlog through the SQL interface (`catchup.mode`; in `auto`,
+/// when the slot is `catchup.min_lag_mb` or more behind the server).
+async fn choose_catch_up(
+    settings: &RelaySettings,
+    control: &Control,
+    slot: &SlotInfo,
+) -> Result<bool> {
+    let cfg = &settings.catchup;
+    if cfg.mode == CatchupMode::Off || slot.active {
+        // A walsender streaming without the lock (a relay before 0.x): START_REPLICATION stands by.
+        return Ok(false);
+    }
+    // A failover slot with synchronized_standby_slots: the walsender (and a SQL read of the slot
+    // itself) waits for the standbys before it hands a change over; a temporary copy cannot be a
+    // failover slot and would not wait, so a change could be published that the standby lacks.
+    if slot.failover == Some(true) {
+        let failover = control.failover(Some(slot)).await?;
+        if !failover.synchronized_standby_slots.is_empty() {
+            if cfg.mode == CatchupMode::Always {
+                tracing::warn!(slot = %settings.source.slot, "catchup.mode = \"always\" is not used for a failover slot with synchronized_standby_slots set: a catch-up read would not wait for the standbys; streaming");
+            }
+            return Ok(false);
+        }
+    }
+    if cfg.mode == CatchupMode::Always {
+        return Ok(true);
+    }
+    let Some(confirmed) = slot.confirmed_flush_lsn else {
+        return Ok(false);
+    };
+    let current = control.current_wal_lsn().await?;
+    let lag = current.as_u64().saturating_sub(confirmed.as_u64());
+    let want = lag >= cfg.min_lag_mb.saturating_mul(1 << 20);
+    if want {
+        tracing::info!(
+            lag_mb = lag >> 20,
+            min_lag_mb = cfg.min_lag_mb,
+            "the slot is far behind: catching up through the SQL interface before streaming"
+        );
+    }
+    Ok(want)
+}
+
+/// Steps 2-6. With `catch_up`, the backlog is read through the SQL interface from a temporary
+/// copy of the slot, made once the checkpoint was read (the identity comes from a replication
+/// connection that does not start streaming).
+#[allow(clippy::too_many_arguments)]
 async fn acquire(
     sink: &SinkSettings,
     control: &Control,
@@ -335,12 +469,23 @@ async fn acquire(
     status: &Arc<Status>,
     kafka_wait: Duration,
     opts: OpenOptions,
+    catch_up: Option<catchup::Options>,
     phases: &mut Phases,
-) -> Result<(Stream, Producer, Checkpoint)> {
+) -> Result<(Reader, u32, Producer, Checkpoint)> {
     // The primary the SQL connection found (a host list names several servers).
     let src = control.settings();
-    // (2) Acquire the slot.
-    let mut stream = Stream::open(src, opts).await?;
+    // (2) Acquire the slot (a catch-up holds it through the relay's lock, taken already).
+    let (mut stream, timeline, history) = match catch_up {
+        None => {
+            let stream = Stream::open(src, opts).await?;
+            let (t, h) = (stream.timeline, stream.history.clone());
+            (Some(stream), t, h)
+        }
+        Some(_) => {
+            let id = crate::source::stream::identify(src).await?;
+            (None, id.timeline, id.history)
+        }
+    };
     phases.mark("replication_connect");
     status.tick();
     let result = async {
@@ -362,14 +507,7 @@ async fn acquire(
             ))
         })?;
         let checkpoint = resume_point(src, sink, key, &slot, checkpoint)?;
-        check_timeline(
-            src,
-            sink,
-            key,
-            stream.timeline,
-            &stream.history,
-            &checkpoint,
-        )?;
+        check_timeline(src, sink, key, timeline, &history, &checkpoint)?;
         phases.mark("slot_check");
         Ok::<_, Error>((producer, checkpoint))
     }
@@ -377,24 +515,40 @@ async fn acquire(
     let (producer, checkpoint) = match result {
         Ok(r) => r,
         Err(e) => {
-            stream.close().await;
+            if let Some(stream) = stream {
+                stream.close().await;
+            }
             return Err(e);
         }
     };
+    let mut reader = match (stream.take(), catch_up) {
+        (Some(stream), _) => Reader::Stream(stream),
+        (None, Some(how)) => match CatchUp::open(control, how).await {
+            Ok(c) => Reader::CatchUp(Box::new(c)),
+            Err(e) if e.kind() == Kind::Config => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e.report(), "cannot catch up through the SQL interface: streaming instead");
+                Reader::Stream(Stream::open(src, opts).await?)
+            }
+        },
+        (None, None) => return Err(Error::internal("no reader")),
+    };
+    phases.mark("reader_open");
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         slot = %src.slot,
         transactional_id = %sink.transactional_id,
         resume_lsn = %checkpoint.resume_lsn,
         partial = ?checkpoint.partial,
-        timeline = stream.timeline,
+        timeline,
         postgres = %src.address(),
         checkpoint_key = %key,
+        catching_up = reader.catching_up(),
         "outbox-relay started: slot acquired, producer initialised, checkpoint read"
     );
     // (6) Acknowledge what Kafka holds; the loop starts from here.
-    stream.ack(checkpoint.resume_lsn);
-    Ok((stream, producer, checkpoint))
+    reader.ack(checkpoint.resume_lsn);
+    Ok((reader, timeline, producer, checkpoint))
 }
 
 /// How long each start-up phase took, logged once streaming begins (spawn to streaming is paid

@@ -57,6 +57,8 @@ pub struct RelaySettings {
     pub events_from: crate::config::EventsFrom,
     /// The prefix of the relay's messages.
     pub message_prefix: String,
+    /// Reading a backlog through the SQL interface (`[catchup]`).
+    pub catchup: crate::config::CatchupConfig,
 }
 
 /// The settings a SIGHUP reload may change while the relay runs (the keys
@@ -108,6 +110,7 @@ impl RelaySettings {
             snapshot: cfg.outbox.snapshot,
             snapshot_order: cfg.outbox.snapshot_order_column().map(str::to_string),
             events_from: cfg.outbox.events_from,
+            catchup: cfg.catchup.clone(),
             message_prefix: cfg.outbox.message_prefix.clone(),
         }
     }

@@ -321,6 +321,22 @@ impl Control {
             .get(0))
     }
 
+    /// Takes the session advisory lock that says "a relay runs on this slot" (held until this
+    /// connection ends). Every relay takes it before it touches the slot, streaming or catching up:
+    /// a catch-up read holds the slot itself only while a SQL call runs, so the lock, not the slot,
+    /// keeps a standby waiting. `false`: another session holds it.
+    pub async fn hold_slot(&self) -> Result<bool> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1::int4, hashtext($2::text))",
+                &[&slot::LOCK_CLASS, &self.settings.slot],
+            )
+            .await
+            .map_err(|e| self.err("pg_try_advisory_lock", e))?;
+        Ok(row.get(0))
+    }
+
     /// The server's current WAL write position (`pg_current_wal_lsn()`).
     pub async fn current_wal_lsn(&self) -> Result<Lsn> {
         let row = self

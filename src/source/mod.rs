@@ -9,6 +9,7 @@
 //! never past our checkpoint because we acknowledge nothing before its Kafka commit. Only the
 //! committed position ever flows back ([`Stream::ack`]); the received one stays in the relay.
 
+pub mod catchup;
 pub mod control;
 pub mod errors;
 pub mod slot;
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use catchup::CatchUp;
 pub use control::Control;
 pub use slot::{Failover, SlotInfo};
 pub use stream::Stream;
@@ -185,6 +187,49 @@ pub enum SourceEvent {
         /// Server's sent position.
         wal_end: Lsn,
     },
+    /// The catch-up read reached the server's WAL end: the relay streams from here.
+    CaughtUp,
+}
+
+/// Where the loop reads events from: the walsender ([`Stream`]) or, for a backlog, the SQL
+/// decoding interface ([`CatchUp`]). Same events, same positions, same acknowledgements.
+#[derive(Debug)]
+pub enum Reader {
+    /// `START_REPLICATION` on the slot.
+    Stream(Stream),
+    /// `pg_logical_slot_get_binary_changes` on a temporary copy of the slot.
+    CatchUp(Box<CatchUp>),
+}
+
+impl Reader {
+    /// The next event.
+    pub async fn recv(&mut self, s: &SourceSettings) -> crate::error::Result<SourceEvent> {
+        match self {
+            Reader::Stream(st) => st.recv(s).await,
+            Reader::CatchUp(c) => c.recv(s).await,
+        }
+    }
+
+    /// Acknowledges what Kafka committed.
+    pub fn ack(&mut self, lsn: Lsn) {
+        match self {
+            Reader::Stream(st) => st.ack(lsn),
+            Reader::CatchUp(c) => c.ack(lsn),
+        }
+    }
+
+    /// Closes it once the last acknowledgement reached the server.
+    pub async fn close(self) {
+        match self {
+            Reader::Stream(st) => st.close().await,
+            Reader::CatchUp(c) => c.close().await,
+        }
+    }
+
+    /// Reading through the SQL interface.
+    pub fn catching_up(&self) -> bool {
+        matches!(self, Reader::CatchUp(_))
+    }
 }
 
 #[cfg(test)]

@@ -58,7 +58,14 @@ fn opt_lsn<S: serde::Serializer>(v: &Option<Lsn>, s: S) -> Result<S::Ok, S::Erro
     }
 }
 
+/// The first key of the relay's advisory lock (`"orel"`); the second is `hashtext(slot)`.
+pub const LOCK_CLASS: i32 = 0x6f72_656c;
+
 /// The `pg_replication_slots` query for a server of `version` (`server_version_num`).
+///
+/// `active` and `active_pid` say whether a relay runs on the slot: a walsender streams from it,
+/// or another session holds the relay's advisory lock for it (a relay catching up through the SQL
+/// interface holds the slot only while a call runs).
 pub fn query(version: u32) -> String {
     let mut cols = vec![
         "plugin::text",
@@ -67,8 +74,8 @@ pub fn query(version: u32) -> String {
         "restart_lsn::text",
         "wal_status",
         "safe_wal_size",
-        "active",
-        "active_pid",
+        "(active OR h.pid IS NOT NULL)",
+        "coalesce(active_pid, h.pid)",
     ];
     if version >= 140_000 {
         cols.push("two_phase");
@@ -85,7 +92,11 @@ pub fn query(version: u32) -> String {
         ]);
     }
     format!(
-        "SELECT {} FROM pg_replication_slots WHERE slot_name = $1",
+        "SELECT {} FROM pg_replication_slots s LEFT JOIN LATERAL (SELECT l.pid FROM pg_locks l \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.database = s.datoid \
+         AND l.classid = {LOCK_CLASS}::oid AND l.objid = hashtext(s.slot_name::text)::oid \
+         AND l.objsubid = 2 AND l.pid <> pg_backend_pid() LIMIT 1) h ON true \
+         WHERE slot_name = $1",
         cols.join(", ")
     )
 }

@@ -28,6 +28,7 @@ pub const INFO: &str = "outbox_relay_info";
 pub const READY: &str = "outbox_relay_ready";
 /// 1 while another session holds the slot and this relay waits for it.
 pub const STANDBY: &str = "outbox_relay_standby";
+pub const CATCHING_UP: &str = "outbox_relay_catching_up";
 /// Events committed in Kafka, per destination topic (label `topic`).
 pub const EVENTS_PUBLISHED: &str = "outbox_relay_events_published_total";
 /// Rows committed to the dead-letter topic.
@@ -127,6 +128,7 @@ pub struct Metrics {
     registry: Registry,
     pub(crate) ready: Gauge,
     pub(crate) standby: Gauge,
+    catching_up: Gauge,
     events_published: Family<TopicLabel, Counter>,
     events_dead_lettered: Counter,
     committed: Counter,
@@ -181,6 +183,7 @@ impl Metrics {
         let m = Metrics {
             ready: Gauge::default(),
             standby: Gauge::default(),
+            catching_up: Gauge::default(),
             events_published: Family::default(),
             events_dead_lettered: Counter::default(),
             committed: Counter::default(),
@@ -211,6 +214,11 @@ impl Metrics {
             STANDBY,
             "1 while another session holds the slot and this relay waits for it",
             m.standby.clone(),
+        );
+        registry.register(
+            CATCHING_UP,
+            "1 while the relay reads a backlog through the SQL interface (catch-up) instead of streaming",
+            m.catching_up.clone(),
         );
         registry.register(
             base(EVENTS_PUBLISHED),
@@ -345,6 +353,11 @@ impl Metrics {
                 self.safe_wal_size.set(i64::MAX);
             }
         }
+    }
+
+    /// The relay reads through the SQL interface (`true`) or streams.
+    pub fn catching_up(&self, on: bool) {
+        self.catching_up.set(i64::from(on));
     }
 
     /// A Kafka transaction was aborted.

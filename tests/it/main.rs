@@ -4,6 +4,7 @@
 
 mod audit;
 mod bounded_resources;
+mod catchup;
 mod clear_failure;
 mod dead_letters;
 mod doctor;
