@@ -3,8 +3,10 @@
 //!
 //! ```text
 //!  0. preflight (SQL): wal_level, the table, the publication, the mapped columns, the slot
-//!  1. a missing slot: a checkpoint in Kafka means it was lost (stop, 70); none: create it
-//!  2. acquire the slot: START_REPLICATION (a standby waits here, disturbing nobody)
+//!  1. the relay's advisory lock for the slot (a standby waits here, disturbing nobody); then a
+//!     missing slot: a checkpoint in Kafka means it was lost (stop, 70); none: create it
+//!  2. acquire the slot: START_REPLICATION; or, to catch up a backlog (`[catchup]`), a
+//!     temporary copy of it read through the SQL interface, made after step 5
 //!  3. init_transactions: fences any zombie with our transactional.id
 //!  4. read the checkpoint to the end, read_committed: nobody else can write it now
 //!  5. check confirmed_flush_lsn <= resume_lsn, else someone moved the slot (stop, 70); on a
@@ -315,7 +317,15 @@ async fn start(
                     checkpoint,
                 });
             }
-            control.create_slot().await?
+            let created = control.create_slot().await?;
+            // `always` reads even a new slot through the SQL interface (the tests of that path
+            // start from a new slot too).
+            if settings.catchup.mode == CatchupMode::Always {
+                if let Some(info) = control.slot().await? {
+                    catch_up = choose_catch_up(settings, &control, &info).await?;
+                }
+            }
+            created
         }
     };
     let opts = OpenOptions { enable_failover };
@@ -525,7 +535,8 @@ async fn acquire(
         (Some(stream), _) => Reader::Stream(stream),
         (None, Some(how)) => match CatchUp::open(control, how).await {
             Ok(c) => Reader::CatchUp(Box::new(c)),
-            Err(e) if e.kind() == Kind::Config => return Err(e),
+            // E.g. no free replication slot for the copy (max_replication_slots): streaming
+            // publishes the same events, only slower.
             Err(e) => {
                 tracing::warn!(error = %e.report(), "cannot catch up through the SQL interface: streaming instead");
                 Reader::Stream(Stream::open(src, opts).await?)

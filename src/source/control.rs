@@ -11,6 +11,10 @@ use super::{tls, SourceSettings};
 use crate::error::{Error, Kind, Result};
 use crate::lsn::Lsn;
 
+/// How long the connection holding the relay's lock may stay idle before Postgres ends it
+/// ([`Control::hold_slot`]); the default `wal_sender_timeout` does the same for a walsender.
+pub const IDLE_SESSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A plain SQL session with the primary.
 pub struct Control {
     client: Client,
@@ -325,7 +329,19 @@ impl Control {
     /// connection ends). Every relay takes it before it touches the slot, streaming or catching up:
     /// a catch-up read holds the slot itself only while a SQL call runs, so the lock, not the slot,
     /// keeps a standby waiting. `false`: another session holds it.
+    ///
+    /// A relay that freezes or loses its network must not keep the lock forever (a walsender
+    /// gives up on it after `wal_sender_timeout`): this connection gets `idle_session_timeout =
+    /// 60s`, so Postgres ends it, and the lock with it, once it was idle that long. A running
+    /// relay is never idle that long: the loop checks the slot on it every 10 s.
     pub async fn hold_slot(&self) -> Result<bool> {
+        self.client
+            .batch_execute(&format!(
+                "SET idle_session_timeout = '{}s'",
+                IDLE_SESSION_TIMEOUT.as_secs()
+            ))
+            .await
+            .map_err(|e| self.err("SET idle_session_timeout", e))?;
         let row = self
             .client
             .query_one(

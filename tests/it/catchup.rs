@@ -11,8 +11,8 @@ use anyhow::{ensure, Result};
 use outbox_relay_dev::{shared_servers, wait_until, write_batched, write_concurrently, NewEvent};
 
 use crate::support::{
-    bin, peak_rss_kib, random_pause, restart, scalar_i64, scrape, setup, spawn, spec, start, stop,
-    topics, verdict, wait_published, wait_records, wait_standing_by, READY_WITHIN,
+    bin, peak_rss_kib, random_pause, scalar_i64, scrape, setup, spawn, spec, start, stop, topics,
+    verdict, wait_published, wait_records, wait_standing_by, READY_WITHIN,
 };
 
 const READING: &str = "catching up through the SQL interface";
@@ -104,10 +104,7 @@ async fn a_standby_waits_on_the_lock_and_never_fences_a_relay_catching_up() -> R
     cfg.set("retry.initial_backoff_ms", 50i64);
     cfg.set("retry.max_backoff_ms", 200i64);
     let topics = topics(&cfg, &types);
-    // The first start creates the slot (and streams); the second one catches up.
     let mut first = start(&cfg).await?;
-    stop(&mut first).await?;
-    let mut first = restart(&first).await?;
     ensure!(first.logs().contains(READING), "{}", first.logs());
     let mut second_cfg = cfg.clone();
     second_cfg.new_admin_port();

@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use outbox_relay_dev::postgres::slot_info;
 use outbox_relay_dev::{shared_servers, wait_until, write_concurrently, Kafka};
 
 use crate::support::{
@@ -175,13 +174,30 @@ async fn zombie(expect_fenced_metric: bool) -> Result<()> {
     let before = scrape(&a).await?;
     a.sigstop()?;
 
-    // B takes the slot once A's walsender is gone, and fences A.
+    // B takes the slot once Postgres gave up on A (wal_sender_timeout for its walsender,
+    // idle_session_timeout for the connection holding its lock: ended here at once), and fences A.
     let admin = db.client().await?;
-    let slot = slot_info(&admin, &cfg.slot).await?.context("slot")?;
-    let walsender = slot.active_pid.context("A's walsender")?;
-    admin
-        .execute("SELECT pg_terminate_backend($1)", &[&walsender])
-        .await?;
+    let a_backends: Vec<i32> = admin
+        .query(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+               AND classid = 1869768044::oid AND objid = hashtext($1::text)::oid \
+             UNION SELECT active_pid FROM pg_replication_slots \
+               WHERE slot_name = $1::text::name AND active_pid IS NOT NULL",
+            &[&cfg.slot],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    ensure!(
+        !a_backends.is_empty(),
+        "A holds neither the lock nor the slot"
+    );
+    for pid in a_backends {
+        admin
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await?;
+    }
     b.wait_ready(READY_WITHIN)
         .await
         .context("B did not take the slot")?;
