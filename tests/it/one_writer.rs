@@ -202,12 +202,13 @@ async fn zombie(expect_fenced_metric: bool) -> Result<()> {
         .await
         .context("B did not take the slot")?;
     wait_published(&topics, &written, Duration::from_secs(60)).await?;
-    // A's commit must be due when it wakes.
-    wait_until(
-        max_delay + Duration::from_secs(5),
-        "A's commit due",
-        || async { Ok((opened.elapsed() > max_delay).then_some(())) },
-    )
+    // A's commit must be due when it wakes. A opened its transaction when it read the first
+    // event, a little after `opened` (up to `catchup.poll_ms` later when it reads through the SQL
+    // interface): a second of margin.
+    let due = max_delay + Duration::from_secs(1);
+    wait_until(due + Duration::from_secs(5), "A's commit due", || async {
+        Ok((opened.elapsed() > due).then_some(()))
+    })
     .await?;
     a.sigcont()?;
 
