@@ -67,7 +67,14 @@ pub(super) async fn capacity(
         .parse()
         .unwrap_or(0);
     let used_slots = count("SELECT count(*) FROM pg_replication_slots").await?;
-    out.push(if slot.is_some() {
+    out.push(if slot.is_some() && used_slots >= max_slots {
+        Check::warn(
+            PG,
+            "max_replication_slots",
+            format!("all {max_slots} slots are used, the relay's among them: no room for the temporary copy a catch-up reads a backlog from, so backlogs are streamed (slower; README, \"Catching up a backlog\")"),
+            "raise max_replication_slots by one (restart), or drop an unused slot (SELECT pg_drop_replication_slot(name))",
+        )
+    } else if slot.is_some() {
         Check::ok(
             PG,
             "max_replication_slots",
