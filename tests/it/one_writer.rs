@@ -268,3 +268,46 @@ async fn zombie(expect_fenced_metric: bool) -> Result<()> {
     verdict.assert_exactly_once();
     Ok(())
 }
+
+/// Nobody ends a frozen relay's connections here: Postgres gives up on them by itself
+/// (`wal_sender_timeout` for a walsender, `idle_session_timeout` for the connection holding the
+/// relay's lock, both 60 s), and the standby takes over; woken, the old relay publishes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_relay_lets_the_standby_in_once_postgres_gives_up_on_it() -> Result<()> {
+    let _guard = shared_servers().await;
+    let types = ["booking"];
+    let (db, mut cfg) = setup(&types).await?;
+    cfg.set("retry.initial_backoff_ms", 100i64);
+    cfg.set("retry.max_backoff_ms", 1_000i64);
+    let topics = topics(&cfg, &types);
+    let mut a = start(&cfg).await?;
+    let mut b_cfg = cfg.clone();
+    b_cfg.new_admin_port();
+    let mut b = spawn(&b_cfg, &[])?;
+    wait_standing_by(&mut b).await?;
+    let mut written = write_concurrently(&db, &spec(2_000, &types, &[1, 10], 2)).await?;
+    wait_published(&topics, &written, Duration::from_secs(60)).await?;
+    a.sigstop()?;
+    let frozen = Instant::now();
+    written.extend(write_concurrently(&db, &spec(2_000, &types, &[1, 10], 2)).await?);
+    b.wait_ready(Duration::from_secs(120))
+        .await
+        .context("the standby never got in while the active relay was frozen")?;
+    let took = frozen.elapsed();
+    wait_published(&topics, &written, Duration::from_secs(60)).await?;
+    a.sigcont()?;
+    wait_standing_by(&mut a)
+        .await
+        .context("the woken relay does not stand by")?;
+    written.extend(write_concurrently(&db, &spec(500, &types, &[1, 10], 2)).await?);
+    wait_published(&topics, &written, Duration::from_secs(60)).await?;
+    stop(&mut b).await?;
+    stop(&mut a).await?;
+    verdict(&topics, &written).await?.assert_exactly_once();
+    eprintln!("frozen relay: the standby took over {took:?} after the freeze");
+    ensure!(
+        took >= Duration::from_secs(50),
+        "the standby got in after {took:?}, before Postgres gave up on the frozen relay"
+    );
+    Ok(())
+}
