@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The benchmark command (issue 6): outbox-relay against the decoding limit (pg_recvlogical) and
 # Debezium (PostgreSQL connector + Outbox Event Router on Kafka Connect, exactly-once source), plus
-# steady-state latency, footprint and scaling, on the dev harness's private Postgres and Kafka.
+# steady-state latency, footprint and scaling, on the dev harness's private Postgres and Kafka. The
+# backlog drains are reported twice: the relay streaming (catchup.mode = "off") and catching up
+# through the SQL interface (catchup.mode = "auto", min_lag_mb = 1), each beside the same limit.
 #
-#   dev/bench.sh            full run: medians of 3 runs, 1M-row backlogs (~30 min on 2 cores)
-#   dev/bench.sh --quick    smoke test: 1 run, small sizes
-#   extra flags go to the bench binary: --no-debezium, --out <file.json>
+#   dev/bench.sh                 full run: medians of 3 runs, 1M-row backlogs (~30 min on 2 cores)
+#   dev/bench.sh --quick         smoke test: 1 run, small sizes
+#   dev/bench.sh --catchup-only  only the streaming / catch-up / limit drains (add --quick: small)
+#   extra flags go to the bench binary: --no-debezium, --out <file.json>, the other --*-only probes
 #
 # Prints a Markdown table; writes the same figures to target/bench/results.json (and results.md).
 set -euo pipefail

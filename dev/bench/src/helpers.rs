@@ -45,15 +45,21 @@ pub struct Env {
 }
 
 pub async fn new_env() -> Result<Env> {
-    let pg = Postgres::shared();
+    let db = Postgres::shared().new_database().await?;
+    let cfg = relay_cfg(&db).await?;
+    Ok(Env { db, cfg })
+}
+
+/// A relay config on `db` with a slot, topics and checkpoint topic of its own (a second relay on
+/// the same database and backlog, independent of the first).
+pub async fn relay_cfg(db: &TestDb) -> Result<RelayConfig> {
     let kafka = Kafka::shared();
-    let db = pg.new_database().await?;
-    let mut cfg = RelayConfig::new(pg, &db, kafka);
+    let mut cfg = RelayConfig::new(Postgres::shared(), db, kafka);
     cfg.set("admin.listen", "");
     cfg.set("log.level", "warn");
     cfg.create_topics(kafka, &TYPES, PARTITIONS).await?;
     cfg.create_checkpoint_topic(kafka).await?;
-    Ok(Env { db, cfg })
+    Ok(cfg)
 }
 
 pub fn relay_topics(cfg: &RelayConfig) -> Vec<String> {
@@ -83,7 +89,12 @@ pub async fn wait_slot_active(db: &TestDb, slot: &str, deadline: Duration) -> Re
 
 /// Starts the relay once so it creates its slot and writes its first checkpoint, then stops it.
 pub async fn create_relay_slot(opts: &Opts, env: &Env) -> Result<()> {
-    let mut cfg = env.cfg.clone();
+    create_slot_for(opts, &env.cfg).await
+}
+
+/// [`create_relay_slot`] for any relay config.
+pub async fn create_slot_for(opts: &Opts, cfg: &RelayConfig) -> Result<()> {
+    let mut cfg = cfg.clone();
     cfg.set("log.level", "info");
     let mut relay = RelayProcess::spawn(&opts.relay_bin, &cfg.to_toml(), &[])?;
     relay

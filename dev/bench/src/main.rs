@@ -1,7 +1,8 @@
-//! Benchmark command of outbox-relay (issue 6): backlog drain against the decoding limit
-//! (`pg_recvlogical`) and Debezium (PostgreSQL connector + Outbox Event Router on Kafka Connect,
-//! exactly-once source), steady-state latency, footprint and scaling, all on the dev harness's
-//! private Postgres and Kafka, in one run on one machine.
+//! Benchmark command of outbox-relay (issue 6): backlog drain (streaming, and catching up through
+//! the SQL interface) against the decoding limit (`pg_recvlogical`) and Debezium (PostgreSQL
+//! connector + Outbox Event Router on Kafka Connect, exactly-once source), steady-state latency,
+//! footprint and scaling, all on the dev harness's private Postgres and Kafka, in one run on one
+//! machine.
 //!
 //! Run it through `dev/bench.sh [--quick]`; it prints a Markdown table and writes the same figures
 //! as JSON (`target/bench/results.json`, or `--out <file>`). This file is the command line and the
@@ -28,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Result;
 use outbox_relay_dev::{Kafka, Postgres};
 
-use crate::backlog::backlog_run;
+use crate::backlog::{backlog_run, Drains};
 use crate::debezium::Connect;
 use crate::helpers::{log, percentile, started};
 use crate::opts::{Only, Opts};
@@ -104,7 +105,12 @@ async fn warm_up(opts: &Opts, rows: i64) -> Result<()> {
         "== warm-up (not recorded): a relay drain of {rows} rows"
     ));
     let mut scratch = Report::default();
-    backlog_run(opts, None, &mut scratch, "warm-up", rows, 100, false).await
+    let drains = Drains {
+        limit: false,
+        streaming: true,
+        catch_up: false,
+    };
+    backlog_run(opts, None, &mut scratch, "warm-up", rows, 100, drains).await
 }
 
 /// Section 0: the cost of one bare Kafka transaction (see `floor.rs`), with the relay's
@@ -126,8 +132,8 @@ async fn floor_run(r: &mut Report) -> Result<()> {
     Ok(())
 }
 
-/// One section alone (`--floor-only`, `--steady-only`, `--drain-only`, `--startup-only`,
-/// `--large-txn-only`).
+/// One section alone (`--floor-only`, `--steady-only`, `--drain-only`, `--catchup-only`,
+/// `--startup-only`, `--large-txn-only`).
 async fn probe(opts: &Opts, only: Only, r: &mut Report) -> Result<()> {
     match only {
         Only::Floor => floor_run(r).await,
@@ -148,15 +154,32 @@ async fn probe(opts: &Opts, only: Only, r: &mut Report) -> Result<()> {
             warm_up(opts, 100_000).await?;
             steady_relay(opts, r).await
         }
-        Only::Drain => {
+        Only::Drain | Only::CatchUp => {
             warm_up(opts, 100_000).await?;
             let b = "1. backlog drain, 100-row txns";
             let one = "1. backlog drain, 1-row txns";
-            for _ in 0..opts.runs {
-                backlog_run(opts, None, r, b, opts.rows_batched, 100, true).await?;
+            let drains = Drains {
+                limit: true,
+                streaming: true,
+                catch_up: only == Only::CatchUp,
+            };
+            for i in 0..opts.runs {
+                log(format!(
+                    "== backlog {} rows, 100-row txns, run {}/{}",
+                    opts.rows_batched,
+                    i + 1,
+                    opts.runs
+                ));
+                backlog_run(opts, None, r, b, opts.rows_batched, 100, drains).await?;
             }
-            for _ in 0..opts.runs {
-                backlog_run(opts, None, r, one, opts.rows_single, 1, true).await?;
+            for i in 0..opts.runs {
+                log(format!(
+                    "== backlog {} rows, 1-row txns, run {}/{}",
+                    opts.rows_single,
+                    i + 1,
+                    opts.runs
+                ));
+                backlog_run(opts, None, r, one, opts.rows_single, 1, drains).await?;
             }
             Ok(())
         }
@@ -167,6 +190,9 @@ async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
     if let Some(only) = opts.only {
         let mut r = Report::default();
         let res = probe(opts, only, &mut r).await;
+        if only == Only::CatchUp {
+            r.notes.push(catch_up_note());
+        }
         *lock(report) = r;
         return res;
     }
@@ -184,6 +210,11 @@ async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
     let mut r = Report::default();
     let b = "1. backlog drain, 100-row txns";
     let one = "1. backlog drain, 1-row txns";
+    let drains = Drains {
+        limit: true,
+        streaming: true,
+        catch_up: true,
+    };
     let result: Result<()> = async {
         warm_up(opts, opts.rows_batched.min(300_000)).await?;
         for i in 0..opts.runs {
@@ -210,7 +241,7 @@ async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
                 b,
                 opts.rows_batched,
                 100,
-                true,
+                drains,
             )
             .await?;
         }
@@ -228,7 +259,7 @@ async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
                 one,
                 opts.rows_single,
                 1,
-                true,
+                drains,
             )
             .await?;
         }
@@ -293,8 +324,14 @@ async fn run(opts: &Opts, report: &Mutex<Report>) -> Result<()> {
     }
     rep.notes.push("before the recorded runs, one relay drain (not recorded) warms the broker JVM and Postgres; Debezium's Connect JVM gets no separate warm-up beyond its first run (medians of 3 runs).".into());
     rep.notes.push("relay drain time: from spawning the relay (start-up included) until a read_committed consumer of its checkpoint topic sees a checkpoint past the last transaction; the event topics are then counted (read_committed) to check every row arrived once. pg_recvlogical: from spawn until it exits at --endpos. Debezium: from PUT of the connector config until a read_committed consumer counted every record.".into());
+    rep.notes.push(catch_up_note());
     rep.notes.push("latency: pg_commit_ts header (Postgres commit time) to read_committed consumer receipt for the relay; Debezium's records carry no commit timestamp, so both are also measured from the writer's COMMIT return (same clock) for a like-for-like comparison.".into());
     result
+}
+
+/// What the catch-up rows of section 1 are (the full run and `--catchup-only`).
+fn catch_up_note() -> String {
+    "backlog drain: \"relay\" streams the whole backlog (catchup.mode = \"off\"); \"relay catch-up\" is a second relay (own slot, made before the backlog, own topics and checkpoint topic) on the same backlog with catchup.mode = \"auto\" and catchup.min_lag_mb = 1: it reads the backlog through pg_logical_slot_get_binary_changes on a temporary copy of its slot, then streams (each run checks its log for the catching-up and caught-up lines and fails without them), timed the same way; its switch to streaming is the relay's own switch_ms. Postgres CPU: every process of the cluster (postmaster, backends, walsenders, background workers, reaped children) from spawn to the end of the drain; broker CPU: the Kafka broker in the same window (both share the 2 cores with the relay).".into()
 }
 
 fn loadavg() -> String {

@@ -13,8 +13,12 @@ pub enum Only {
     Floor,
     /// The relay's steady state (section 4), with a per-second latency timeline.
     Steady,
-    /// The backlog drains of the relay beside the decoding limit (section 1, no Debezium).
+    /// The backlog drains of the relay (streaming) beside the decoding limit (section 1, no
+    /// Debezium, no catch-up).
     Drain,
+    /// The backlog drains of the relay streaming and catching up beside the decoding limit
+    /// (section 1, no Debezium).
+    CatchUp,
     /// Restarts of the relay: spawn to streaming and its phases (section 2).
     Startup,
     /// One Postgres transaction of 300k (and, full, 1M) rows: peak RSS (section 7).
@@ -52,6 +56,7 @@ impl Opts {
                 "--floor-only" => only = Some(Only::Floor),
                 "--steady-only" => only = Some(Only::Steady),
                 "--drain-only" => only = Some(Only::Drain),
+                "--catchup-only" => only = Some(Only::CatchUp),
                 "--startup-only" => only = Some(Only::Startup),
                 "--large-txn-only" => only = Some(Only::LargeTxn),
                 "--out" => out = Some(PathBuf::from(args.next().context("--out <file>")?)),
@@ -60,7 +65,7 @@ impl Opts {
                 }
                 "-h" | "--help" => {
                     println!(
-                        "usage: outbox-relay-bench [--quick] [--no-debezium] [--floor-only] [--steady-only] [--drain-only] [--startup-only] [--large-txn-only] [--out results.json] [--relay-bin path]"
+                        "usage: outbox-relay-bench [--quick] [--no-debezium] [--floor-only] [--steady-only] [--drain-only] [--catchup-only] [--startup-only] [--large-txn-only] [--out results.json] [--relay-bin path]"
                     );
                     std::process::exit(0);
                 }

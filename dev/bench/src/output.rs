@@ -14,7 +14,11 @@ pub fn target_check(report: &Report) -> Vec<(String, String, bool)> {
     let max_rss = report
         .figures
         .iter()
-        .filter(|f| f.name.starts_with("relay peak RSS") || f.name.starts_with("peak RSS at"))
+        .filter(|f| {
+            f.name.starts_with("relay peak RSS")
+                || f.name.starts_with("relay catch-up peak RSS")
+                || f.name.starts_with("peak RSS at")
+        })
         .map(|f| f.max())
         .fold(f64::NAN, f64::max);
     let mut check = |what: &str, fig: Option<&Figure>, ok: &dyn Fn(f64) -> bool, unit: &str| {
@@ -34,6 +38,12 @@ pub fn target_check(report: &Report) -> Vec<(String, String, bool)> {
         report.get(one, "relay / limit"),
         &|v| v >= 0.85,
         "",
+    );
+    check(
+        "catch-up drain >= 1.5x decoding limit (1M backlog, 100-row txns)",
+        report.get(b, "relay catch-up / limit"),
+        &|v| v >= 1.5,
+        "x",
     );
     check(
         "drain >= 3x Debezium (100-row txns)",

@@ -18,6 +18,8 @@ use crate::report::Report;
 
 /// The line the relay logs when its loop starts.
 pub const STREAMING: &str = "start-up done: streaming";
+/// The same line when the session starts by catching up through the SQL interface.
+pub const CATCHING_UP: &str = "start-up done: catching up";
 /// A log filter that keeps the relay quiet except for its start-up line.
 pub const LOG_FILTER: &str = "warn,outbox_relay::relay::session=info";
 
@@ -34,7 +36,12 @@ pub struct Startup {
 
 /// Reads the streaming line of `logs`, if it is there.
 pub fn parse(logs: &str) -> Option<(f64, Vec<(String, f64)>)> {
-    let line = logs.lines().find(|l| l.contains(STREAMING))?;
+    parse_line(logs, STREAMING)
+}
+
+/// Reads the start-up line of `logs` that holds `marker` ([`STREAMING`] or [`CATCHING_UP`]).
+pub fn parse_line(logs: &str, marker: &str) -> Option<(f64, Vec<(String, f64)>)> {
+    let line = logs.lines().find(|l| l.contains(marker))?;
     let field = |name: &str| -> Option<&str> {
         let at = line.find(&format!("{name}="))? + name.len() + 1;
         Some(&line[at..])
@@ -136,5 +143,14 @@ mod tests {
         assert_eq!(ms, 412.0);
         assert_eq!(phases.len(), 3);
         assert_eq!(phases[2], ("init_transactions".to_string(), 250.0));
+    }
+
+    #[test]
+    fn parses_the_catching_up_line() {
+        let line = "2026-12-01T10:00:00Z  INFO outbox_relay::relay::session: start-up done: catching up start_ms=95 phases=sql_connect=12ms catchup_check=1ms reader_open=20ms";
+        assert!(parse(line).is_none());
+        let (ms, phases) = parse_line(line, CATCHING_UP).expect("parsed");
+        assert_eq!(ms, 95.0);
+        assert_eq!(phases[2], ("reader_open".to_string(), 20.0));
     }
 }
