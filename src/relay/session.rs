@@ -129,7 +129,7 @@ pub async fn run(
         // The initial snapshot first; then the stream again from the slot's creation point.
         let router = live.borrow().router.clone();
         let src = control.settings().clone();
-        let outcome = snapshot::run(
+        let snapshotting = snapshot::run(
             settings,
             &src,
             stream,
@@ -138,8 +138,13 @@ pub async fn run(
             router,
             status,
             shutdown,
-        )
-        .await;
+        );
+        // The snapshot reads on a connection of its own; the one holding the relay's lock must
+        // not sit idle past its idle_session_timeout meanwhile.
+        let outcome = tokio::select! {
+            outcome = snapshotting => outcome,
+            () = control.keep_alive() => unreachable_outcome(),
+        };
         let reopened = match outcome {
             Ok(snapshot::Finished::Done(cp)) => Stream::open(&src, OpenOptions::default())
                 .await
@@ -189,6 +194,11 @@ pub async fn run(
         )
         .await
     }
+}
+
+/// [`Control::keep_alive`] never returns.
+fn unreachable_outcome() -> Result<snapshot::Finished> {
+    Err(Error::internal("the lock connection's keep-alive ended"))
 }
 
 /// Hands a started session to the loop and runs it to its end.

@@ -353,6 +353,17 @@ impl Control {
         Ok(row.get(0))
     }
 
+    /// Keeps this connection from being idle (every 10 s) for as long as it is polled, for a
+    /// phase of the session that does not use it (the initial snapshot): [`Control::hold_slot`]'s
+    /// idle_session_timeout would end it, and the lock with it. Never returns.
+    pub async fn keep_alive(&self) {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            // A broken connection is found by the next check that needs it.
+            let _ = self.client.batch_execute("SELECT 1").await;
+        }
+    }
+
     /// The server's current WAL write position (`pg_current_wal_lsn()`).
     pub async fn current_wal_lsn(&self) -> Result<Lsn> {
         let row = self
