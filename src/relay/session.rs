@@ -444,7 +444,8 @@ async fn choose_catch_up(
 ) -> Result<bool> {
     let cfg = &settings.catchup;
     if cfg.mode == CatchupMode::Off || slot.active {
-        // A walsender streaming without the lock (a relay before 0.x): START_REPLICATION stands by.
+        // A walsender streams without the relay's lock (a relay of an earlier version):
+        // START_REPLICATION stands by.
         return Ok(false);
     }
     // A failover slot with synchronized_standby_slots: the walsender (and a SQL read of the slot

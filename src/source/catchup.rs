@@ -34,6 +34,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::types::PgLsn;
 
 use super::{Control, SourceEvent, SourceSettings};
+use crate::decode::{self, DecodeError, PgOutput};
 use crate::error::{Error, Result};
 use crate::lsn::Lsn;
 
@@ -72,7 +73,7 @@ pub struct CatchUp {
     /// Cancels the running call when the catch-up ends (a call can run long on a huge transaction).
     cancel: Option<(tokio_postgres::CancelToken, SourceSettings)>,
     /// The temporary copy's name (for messages).
-    pub copy: String,
+    copy: String,
 }
 
 impl std::fmt::Debug for CatchUp {
@@ -179,14 +180,7 @@ impl CatchUp {
         self.reader.abort();
         self.acker.abort();
         if let Some((token, s)) = self.cancel.take() {
-            let cancelling = async {
-                if matches!(s.sslmode.as_str(), "disable" | "prefer") {
-                    token.cancel_query(tokio_postgres::NoTls).await.ok();
-                } else if let Ok(tls) = super::tls::connector(&s) {
-                    token.cancel_query(tls).await.ok();
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(2), cancelling).await;
+            Control::cancel(&s, token).await;
         }
     }
 }
@@ -305,12 +299,13 @@ async fn read_chunk(
     {
         let lsn: PgLsn = row.get(0);
         let data: &[u8] = row.get(1);
-        let ev = event(Lsn(u64::from(lsn)), data).map_err(|what| {
+        let ev = event(Lsn(u64::from(lsn)), data).map_err(|e| {
             Error::internal(format!(
-                "postgres {}: unreadable pgoutput {what} at {} in the catch-up read",
+                "postgres {}: undecodable pgoutput message at {} in the catch-up read",
                 s.address(),
                 Lsn(u64::from(lsn))
             ))
+            .with_source(e)
         })?;
         n += 1;
         if tx.send(Ok(ev)).await.is_err() {
@@ -403,57 +398,47 @@ fn publication_option(name: &str) -> String {
 }
 
 /// One row of `pg_logical_slot_get_binary_changes` (pgoutput, protocol 1) as the event the
-/// walsender transport would have given: Begin, Commit and Message are parsed (the transport
-/// parses them too), every other message is handed over undecoded.
-fn event(lsn: Lsn, data: &[u8]) -> std::result::Result<SourceEvent, &'static str> {
-    let u64_at = |i: usize| -> Option<u64> {
-        data.get(i..i + 8)
-            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-    };
-    match data.first() {
-        Some(b'B') => {
-            let final_lsn = u64_at(1).ok_or("Begin")?;
-            let ts = u64_at(9).ok_or("Begin")? as i64;
-            let xid = data
-                .get(17..21)
-                .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
-                .ok_or("Begin")?;
-            Ok(SourceEvent::Begin {
-                final_lsn: Lsn(final_lsn),
-                xid,
-                commit_ts_micros: ts,
-            })
-        }
-        Some(b'C') => Ok(SourceEvent::Commit {
-            commit_lsn: Lsn(u64_at(2).ok_or("Commit")?),
-            end_lsn: Lsn(u64_at(10).ok_or("Commit")?),
-            commit_ts_micros: u64_at(18).ok_or("Commit")? as i64,
-        }),
-        Some(b'M') => {
-            let flags = *data.get(1).ok_or("Message")?;
-            let at = Lsn(u64_at(2).ok_or("Message")?);
-            let rest = data.get(10..).ok_or("Message")?;
-            let nul = rest.iter().position(|b| *b == 0).ok_or("Message")?;
-            let prefix = String::from_utf8_lossy(&rest[..nul]).into_owned();
-            let rest = &rest[nul + 1..];
-            let len = rest
-                .get(..4)
-                .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
-                .ok_or("Message")?;
-            let content = rest.get(4..4 + len).ok_or("Message")?;
-            Ok(SourceEvent::Message {
-                transactional: flags & 1 == 1,
-                lsn: at,
-                prefix,
-                content: Bytes::copy_from_slice(content),
-            })
-        }
-        Some(_) => Ok(SourceEvent::Change {
-            lsn,
-            data: Bytes::copy_from_slice(data),
-        }),
-        None => Err("empty message"),
+/// walsender transport would have given: Begin, Commit and Message are decoded (by the relay's
+/// own pgoutput decoder; the transport parses them too), every other message is handed over
+/// undecoded, for the loop to decode.
+fn event(lsn: Lsn, data: &[u8]) -> std::result::Result<SourceEvent, DecodeError> {
+    let data = Bytes::copy_from_slice(data);
+    if !matches!(data.first(), Some(b'B' | b'C' | b'M')) {
+        return Ok(SourceEvent::Change { lsn, data });
     }
+    Ok(match decode::decode(data.clone())? {
+        PgOutput::Begin {
+            final_lsn,
+            commit_ts_micros,
+            xid,
+        } => SourceEvent::Begin {
+            final_lsn: Lsn(final_lsn),
+            xid,
+            commit_ts_micros,
+        },
+        PgOutput::Commit {
+            commit_lsn,
+            end_lsn,
+            commit_ts_micros,
+            ..
+        } => SourceEvent::Commit {
+            commit_lsn: Lsn(commit_lsn),
+            end_lsn: Lsn(end_lsn),
+            commit_ts_micros,
+        },
+        PgOutput::Message {
+            transactional,
+            lsn: at,
+            prefix,
+            content,
+        } => SourceEvent::Message {
+            transactional,
+            lsn: Lsn(at),
+            prefix,
+            content,
+        },
+        _ => SourceEvent::Change { lsn, data },
+    })
 }
 
 #[cfg(test)]
@@ -521,15 +506,23 @@ mod tests {
     }
 
     #[test]
-    fn truncated_rows_are_named_not_misread() {
-        assert_eq!(event(Lsn(1), b"B\0\0").expect_err("truncated"), "Begin");
-        assert_eq!(event(Lsn(1), b"C\0").expect_err("truncated"), "Commit");
+    fn truncated_rows_are_errors_not_misread() {
+        for bad in [&b"B\0\0"[..], &b"C\0"[..]] {
+            assert!(
+                matches!(event(Lsn(1), bad), Err(DecodeError::Truncated { .. })),
+                "{bad:?}"
+            );
+        }
         let mut m = vec![b'M', 1];
         m.extend(99u64.to_be_bytes());
         m.extend(b"outbox\0");
         m.extend(30u32.to_be_bytes());
-        assert_eq!(event(Lsn(1), &m).expect_err("truncated"), "Message");
-        assert_eq!(event(Lsn(1), b"").expect_err("truncated"), "empty message");
+        assert!(matches!(
+            event(Lsn(1), &m),
+            Err(DecodeError::Truncated { .. })
+        ));
+        // Anything else is the loop's to decode (and to refuse).
+        assert!(matches!(event(Lsn(1), b""), Ok(SourceEvent::Change { .. })));
     }
 
     #[test]

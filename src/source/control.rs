@@ -24,6 +24,11 @@ pub struct Control {
     version: u32,
 }
 
+/// Connections of `s` are made without TLS (`prefer` too: the relay does not try TLS first).
+fn plain(s: &SourceSettings) -> bool {
+    matches!(s.sslmode.as_str(), "disable" | "prefer")
+}
+
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control").finish_non_exhaustive()
@@ -95,7 +100,7 @@ impl Control {
             _ => tokio_postgres::config::SslMode::Require,
         };
         cfg.ssl_mode(ssl);
-        let client = if matches!(s.sslmode.as_str(), "disable" | "prefer") {
+        let client = if plain(s) {
             let (client, conn) = cfg
                 .connect(NoTls)
                 .await
@@ -129,6 +134,20 @@ impl Control {
             settings: s.clone(),
             version: version.trim().parse().unwrap_or(0),
         })
+    }
+
+    /// Cancels the query running on the connection `token` belongs to (made for `s`), the way that
+    /// connection was made (TLS or not); at most 2 s, errors ignored: a connection that is gone
+    /// runs nothing.
+    pub(crate) async fn cancel(s: &SourceSettings, token: tokio_postgres::CancelToken) {
+        let cancelling = async {
+            if plain(s) {
+                token.cancel_query(NoTls).await.ok();
+            } else if let Ok(tls) = tls::connector(s) {
+                token.cancel_query(tls).await.ok();
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), cancelling).await;
     }
 
     /// The settings of this connection, `host` being the primary it reached.

@@ -8,11 +8,12 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use outbox_relay_dev::{shared_servers, wait_until, write_batched, write_concurrently, NewEvent};
+use outbox_relay_dev::{shared_servers, wait_until, write_batched, write_concurrently};
 
 use crate::support::{
-    bin, peak_rss_kib, random_pause, scalar_i64, scrape, setup, spawn, spec, start, stop, topics,
-    verdict, wait_published, wait_records, wait_standing_by, READY_WITHIN,
+    bin, cli_with, large_transaction, peak_rss_kib, random_pause, scalar_i64, scrape, setup, spawn,
+    spec, start, stop, topics, verdict, wait_published, wait_records, wait_standing_by,
+    READY_WITHIN,
 };
 
 const READING: &str = "catching up through the SQL interface";
@@ -119,6 +120,15 @@ async fn a_standby_waits_on_the_lock_and_never_fences_a_relay_catching_up() -> R
         code == 503 && body.contains("standing by"),
         "the standby became active while the first was alive: {code} {body}"
     );
+    // status, doctor and reset-checkpoint see the relay's lock as the slot being held, though no
+    // walsender holds it between two calls: a reset is refused.
+    let reset = cli_with(&cfg, &["reset-checkpoint", "--yes"], &[])?;
+    ensure!(
+        reset.code() == Some(75),
+        "reset-checkpoint beside a relay catching up: exit {:?}\n{}",
+        reset.code(),
+        reset.text()
+    );
     let logs = first.logs();
     ensure!(
         !logs.to_lowercase().contains("fenced") && !second.logs().contains("outbox-relay started"),
@@ -145,16 +155,7 @@ async fn a_200k_row_transaction_is_read_through_the_sql_interface_in_bounded_mem
     let topics = topics(&cfg, &types);
     let mut relay = start(&cfg).await?;
     let mut client = db.client().await?;
-    let rows: Vec<NewEvent> = (0..200_000)
-        .map(|i| {
-            NewEvent::new(
-                "booking",
-                &format!("b-{}", i % 1000),
-                "BookingCreated",
-                &format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(200)),
-            )
-        })
-        .collect();
+    let rows = large_transaction(200_000);
     let written = write_batched(&mut client, &rows).await?;
     // Kill once part of the transaction is committed in Kafka: the next read returns it whole
     // again, and the checkpoint's partial skips what was published.

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use outbox_relay_dev::{
-    exclusive_servers, shared_servers, write_batched, write_concurrently, Kafka, NewEvent,
-    Postgres, Proxy, RelayProcess, Written,
+    exclusive_servers, shared_servers, write_batched, write_concurrently, Kafka, Postgres, Proxy,
+    RelayProcess, Written,
 };
 
 use crate::support::{
-    bin, peak_rss_kib, random_pause, restart, scrape, setup, spec, start, stop, topics, verdict,
-    wait_published, wait_records, READY_WITHIN,
+    bin, large_transaction, peak_rss_kib, random_pause, restart, scrape, setup, spec, start, stop,
+    topics, verdict, wait_published, wait_records, READY_WITHIN,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,16 +86,7 @@ async fn a_200k_row_transaction_is_split_and_a_kill_midway_loses_and_repeats_not
     let topics = topics(&cfg, &types);
     let mut relay = start(&cfg).await?;
     let mut client = db.client().await?;
-    let rows: Vec<NewEvent> = (0..200_000)
-        .map(|i| {
-            NewEvent::new(
-                "booking",
-                &format!("b-{}", i % 1000),
-                "BookingCreated",
-                &format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(200)),
-            )
-        })
-        .collect();
+    let rows = large_transaction(200_000);
     let written = write_batched(&mut client, &rows).await?;
     // Kill once part of the transaction is committed in Kafka.
     wait_records(&topics, 10_000, Duration::from_secs(120)).await?;

@@ -16,8 +16,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use outbox_relay_dev::relay::find_relay_bin;
 use outbox_relay_dev::{
-    run_cli, verify, wait_until, Kafka, Postgres, RelayConfig, RelayProcess, TestDb, Verdict, Via,
-    WriteSpec, Written,
+    run_cli, verify, wait_until, Kafka, NewEvent, Postgres, RelayConfig, RelayProcess, TestDb,
+    Verdict, Via, WriteSpec, Written,
 };
 use rand::Rng;
 use tokio_postgres::Client;
@@ -68,6 +68,21 @@ pub fn spec(total: usize, types: &[&str], sizes: &[usize], writers: usize) -> Wr
         batched: true,
         via: Via::Table,
     }
+}
+
+/// `n` booking events for one Postgres transaction (1000 keys, ~230-byte payloads): the large
+/// transactions the split tests write with `write_batched`.
+pub fn large_transaction(n: usize) -> Vec<NewEvent> {
+    (0..n)
+        .map(|i| {
+            NewEvent::new(
+                "booking",
+                &format!("b-{}", i % 1000),
+                "BookingCreated",
+                &format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(200)),
+            )
+        })
+        .collect()
 }
 
 /// Starts `outbox-relay run` on `cfg` without waiting for anything.
