@@ -224,8 +224,17 @@ fn producer_config(settings: &SinkSettings) -> rdkafka::ClientConfig {
     for (k, v) in [
         ("compression.type", "lz4"),
         ("linger.ms", "5"),
-        ("batch.num.messages", "10000"),
-        ("queue.buffering.max.messages", "100000"),
+        ("batch.num.messages", "5000"),
+        // The records librdkafka holds before the brokers acknowledged them bound the relay's
+        // memory whenever it produces faster than the brokers take (a drain, a split Postgres
+        // transaction). librdkafka counts only payload bytes against `queue.buffering.max.kbytes`,
+        // while each small record also carries its headers, key and bookkeeping (about 1.4 KB in
+        // all, measured with heaptrack), so a count bounds it too: 100000 let one 300k-row
+        // transaction peak at 48-54 MB of RSS, 5000 at 37-40 MB with the same drain rate
+        // (`outbox-relay-bench --large-txn-only`, issue 16). 5000 is also `batch.max_events`'
+        // default: a default-sized Kafka transaction still fits the queue whole (and no batch can
+        // hold more than the queue, hence `batch.num.messages` the same).
+        ("queue.buffering.max.messages", "5000"),
         // The first record of a transaction needs AddPartitionsToTxn, which the coordinator
         // answers CONCURRENT_TRANSACTIONS until the previous commit's markers are written;
         // librdkafka retries after retry.backoff.ms (default 100 ms), which then dominates.
@@ -603,6 +612,8 @@ mod tests {
         assert_eq!(cc.get("transaction.timeout.ms"), Some("60000"));
         assert_eq!(cc.get("compression.type"), Some("lz4"));
         assert_eq!(cc.get("queue.buffering.max.kbytes"), Some("4096"));
+        // A count bounds the queue too: small records weigh far more than their payload.
+        assert_eq!(cc.get("queue.buffering.max.messages"), Some("5000"));
         // The largest record still fits the queue when message.max.bytes is raised.
         let mut big = super::super::tests::settings();
         big.client.set("message.max.bytes", "10000000");
