@@ -145,7 +145,7 @@ impl MessageDecoder {
         }
         if !transactional {
             let event_id = match decode_envelope(content) {
-                Ok(row) => Some(row.id),
+                Ok(row) => Some(row.id.to_string()),
                 Err(e) => e.event_id,
             };
             return MessageEvent::NonTransactional { event_id };
@@ -303,15 +303,15 @@ pub fn decode_envelope(content: Bytes) -> Result<OutboxRow, Box<EnvelopeError>> 
         }
     };
     Ok(OutboxRow {
-        id,
-        aggregate_type,
-        aggregate_id,
-        event_type,
+        id: id.into(),
+        aggregate_type: aggregate_type.into(),
+        aggregate_id: aggregate_id.into(),
+        event_type: event_type.into(),
         payload,
         // The JSON parser above validated it: the router need not parse it again.
         payload_type_oid: type_oid::JSON,
         headers,
-        created_at,
+        created_at: created_at.map(Into::into),
     })
 }
 

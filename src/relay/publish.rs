@@ -47,7 +47,7 @@ impl BadRow {
         match self {
             BadRow::Raw(e) => e.event_id.clone(),
             BadRow::Envelope(e) => e.event_id.clone(),
-            BadRow::Row(row, _) => Some(row.id.clone()),
+            BadRow::Row(row, _) => Some(row.id.to_string()),
             BadRow::Record(rec, _) => rec
                 .event_id
                 .as_ref()

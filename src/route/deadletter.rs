@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 use super::{standard_headers, txn_header_values, Header, Position, Record};
 use crate::decode::{ColumnMap, EnvelopeError, OutboxRow, RowError};
@@ -64,12 +65,12 @@ impl DeadLetters {
         pos: &Position,
         refusal: &Refusal,
     ) -> Record {
-        let event_id = Bytes::from(row.id);
+        let event_id = row.id.into_bytes();
         let mut headers = standard_headers(
             event_id.clone(),
-            Bytes::from(row.event_type),
-            Bytes::from(row.aggregate_type),
-            row.created_at.map(Bytes::from),
+            row.event_type.into_bytes(),
+            row.aggregate_type.into_bytes(),
+            row.created_at.map(ByteString::into_bytes),
             pos,
             txn_header_values(pos),
             5,
@@ -77,7 +78,7 @@ impl DeadLetters {
         headers.extend(dlq_headers(refusal, intended_topic, row.headers));
         self.finish(
             Some(event_id),
-            Some(Bytes::from(row.aggregate_id)),
+            Some(row.aggregate_id.into_bytes()),
             row.payload,
             headers,
             refusal.reason,
@@ -241,7 +242,7 @@ mod tests {
         assert_eq!(&*rec.topic, "dlq");
         assert_eq!(rec.key.as_deref(), Some(&b"booking-42"[..]));
         assert_eq!(&rec.value[..], b"{nope");
-        assert_eq!(rec.event_id.as_deref(), Some(row().id.as_bytes()));
+        assert_eq!(rec.event_id.as_deref(), Some(row().id.as_bytes().as_ref()));
         let h = headers(&rec);
         for (k, v) in [
             ("event_id", "5f0c6f7e-0000-4000-8000-000000000001"),

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 
 use crate::decode::OutboxRow;
 use crate::lsn::Lsn;
@@ -206,13 +207,13 @@ impl Router {
             Ok(checked) => checked,
             Err(e) => return Err(Box::new((e, row))),
         };
-        let event_id = Bytes::from(row.id);
+        let event_id = row.id.into_bytes();
         let txn = self.txn_headers(pos);
         let mut headers = standard_headers(
             event_id.clone(),
-            Bytes::from(row.event_type),
-            Bytes::from(row.aggregate_type),
-            row.created_at.map(Bytes::from),
+            row.event_type.into_bytes(),
+            row.aggregate_type.into_bytes(),
+            row.created_at.map(ByteString::into_bytes),
             pos,
             txn,
             extra.len(),
@@ -220,7 +221,7 @@ impl Router {
         headers.extend(extra);
         Ok(Record {
             topic,
-            key: Some(Bytes::from(row.aggregate_id)),
+            key: Some(row.aggregate_id.into_bytes()),
             value: row.payload,
             headers,
             event_id: Some(event_id),

@@ -204,7 +204,51 @@ pub struct Producer {
     checkpoint_key: CheckpointKey,
     in_txn: bool,
     /// Event ids of the open transaction's records, by ordinal (the delivery opaque).
-    ids: Vec<Option<Bytes>>,
+    ids: EventIds,
+}
+
+/// The event ids of one Kafka transaction's records, by ordinal, copied into one buffer.
+///
+/// A record's id is a slice of the pgoutput message it came in, which must not stay pinned for
+/// the whole transaction (up to `batch.split_events` records), and a copy per record would cost
+/// an allocation each; appending to one buffer costs none once it has grown.
+#[derive(Debug, Default)]
+struct EventIds {
+    bytes: Vec<u8>,
+    /// Each record's span in `bytes`; `None` for a record without a readable id.
+    spans: Vec<Option<(u32, u32)>>,
+}
+
+impl EventIds {
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn push(&mut self, id: Option<&[u8]>) {
+        let span = id.map(|id| {
+            let start = self.bytes.len();
+            self.bytes.extend_from_slice(id);
+            // Ids are short texts; a span past u32 would need 4 GiB of ids in one transaction.
+            (start as u32, self.bytes.len() as u32)
+        });
+        self.spans.push(span);
+    }
+
+    /// The id of the record with this ordinal, if it had one.
+    fn get(&self, ordinal: usize) -> Option<Bytes> {
+        let (start, end) = (*self.spans.get(ordinal)?)?;
+        self.bytes
+            .get(start as usize..end as usize)
+            .map(Bytes::copy_from_slice)
+    }
+
+    /// Empties the log; what a split transaction grew beyond a default batch is returned.
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+        self.bytes.shrink_to(1 << 18);
+        self.spans.shrink_to(1 << 13);
+    }
 }
 
 impl std::fmt::Debug for Producer {
@@ -341,7 +385,7 @@ impl Producer {
             settings,
             checkpoint_key,
             in_txn: false,
-            ids: Vec::new(),
+            ids: EventIds::default(),
         })
     }
 
@@ -389,7 +433,7 @@ impl Producer {
         loop {
             match self.producer.send(record) {
                 Ok(()) => {
-                    self.ids.push(rec.event_id.clone());
+                    self.ids.push(rec.event_id.as_deref());
                     return Ok(());
                 }
                 Err((e, r)) => match kafka_error::classify(&e) {
@@ -497,7 +541,7 @@ impl Producer {
         else {
             return CommitError::Session(error);
         };
-        let event_id = self.ids.get(failure.ordinal).cloned().flatten();
+        let event_id = self.ids.get(failure.ordinal);
         let shown = event_id
             .as_ref()
             .map_or_else(|| "-".into(), |b| String::from_utf8_lossy(b).into_owned());
@@ -625,6 +669,21 @@ mod tests {
         assert_eq!(cc.get("sasl.password"), Some("pw-never-printed"));
         // A passthrough property overrides the relay's default.
         assert_eq!(cc.get("linger.ms"), Some("20"));
+    }
+
+    #[test]
+    fn event_ids_are_kept_by_ordinal_without_one_allocation_each() {
+        let mut ids = EventIds::default();
+        ids.push(Some(b"a-1"));
+        ids.push(None);
+        ids.push(Some(b"b-22"));
+        assert_eq!(ids.len(), 3);
+        assert_eq!(ids.get(0).as_deref(), Some(&b"a-1"[..]));
+        assert_eq!(ids.get(1), None);
+        assert_eq!(ids.get(2).as_deref(), Some(&b"b-22"[..]));
+        assert_eq!(ids.get(3), None);
+        ids.clear();
+        assert_eq!((ids.len(), ids.get(0)), (0, None));
     }
 
     #[test]

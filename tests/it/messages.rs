@@ -379,7 +379,7 @@ async fn rows_and_messages_of_one_transaction_keep_their_order_and_bytes() -> Re
             _ => {}
         }
     }
-    let ids: Vec<&str> = seen.iter().map(|r| r.id.as_str()).collect();
+    let ids: Vec<&str> = seen.iter().map(|r| &*r.id).collect();
     ensure!(
         ids == written,
         "stream order {ids:?}, write order {written:?}"
@@ -458,7 +458,7 @@ async fn only_outbox_writers_may_emit_and_nulls_are_refused() -> Result<()> {
     let ids: Vec<&str> = events
         .iter()
         .filter_map(|(_, e)| match e {
-            MessageEvent::Event(r) => Some(r.id.as_str()),
+            MessageEvent::Event(r) => Some(&*r.id),
             _ => None,
         })
         .collect();

@@ -618,7 +618,7 @@ proptest! {
         prop_assert_eq!(row.aggregate_type, aggregate_type);
         prop_assert_eq!(row.aggregate_id, aggregate_id);
         prop_assert_eq!(row.event_type, event_type);
-        prop_assert_eq!(row.created_at, Some(expected_created));
+        prop_assert_eq!(row.created_at, Some(expected_created.into()));
         prop_assert_eq!(row.headers.as_deref(), headers_text.as_deref().map(str::as_bytes));
         prop_assert_eq!(&row.payload[..], payload_text.as_bytes());
     }

@@ -580,14 +580,14 @@ proptest! {
             decode(encode(&PgOutput::Insert { relation_id: 77, tuple })).unwrap() else { panic!() };
         let row = d.insert(relation_id, tuple).unwrap();
         prop_assert_eq!(row, OutboxRow {
-            id,
-            aggregate_type,
-            aggregate_id,
-            event_type,
+            id: id.into(),
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: aggregate_id.into(),
+            event_type: event_type.into(),
             payload: if payload_bytea { Bytes::from(payload_raw) } else { Bytes::from(payload) },
             payload_type_oid: payload_oid,
             headers: headers.map(Bytes::from),
-            created_at,
+            created_at: created_at.map(Into::into),
         });
     }
 }
