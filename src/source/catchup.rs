@@ -25,7 +25,7 @@
 //!   spills the call's result to disk, so a huge transaction costs neither side memory.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{pin_mut, TryStreamExt};
@@ -283,6 +283,8 @@ async fn read_chunk(
     let s = control.settings();
     let publication = publication_option(&s.publication);
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&copy, &chunk, &publication];
+    let started = Instant::now();
+    let mut first_row = None;
     let rows = control
         .client()
         .query_raw(stmt, params)
@@ -308,10 +310,20 @@ async fn read_chunk(
             .with_source(e)
         })?;
         n += 1;
+        first_row.get_or_insert_with(|| started.elapsed());
         if tx.send(Ok(ev)).await.is_err() {
             return Ok(None);
         }
     }
+    // Postgres decodes a call's whole result before it sends the first row: `first_row_ms` is
+    // the time the loop may wait for this call (what read-ahead does not cover).
+    tracing::debug!(
+        asked = chunk,
+        rows = n,
+        first_row_ms = first_row.unwrap_or_else(|| started.elapsed()).as_millis() as u64,
+        call_ms = started.elapsed().as_millis() as u64,
+        "catch-up: one SQL call read"
+    );
     Ok(Some(n))
 }
 
