@@ -1,14 +1,17 @@
 //! Catch-up: a backlog read through the SQL decoding interface (`[catchup]`) is published exactly
 //! once, in order per key, like a streamed one; the relay then streams; a kill -9 during the read
 //! loses and repeats nothing; a standby waits on the relay's lock and never fences the relay that
-//! catches up; a huge transaction is read in bounded memory. The whole fault suite also runs with
+//! catches up; a huge transaction is read in bounded memory; with no free slot for the temporary
+//! copy, `doctor` warns and the backlog is streamed instead. The whole fault suite also runs with
 //! `OUTBOX_RELAY__CATCHUP__MODE=always` (`.ci/run`), so every kill, restart and cut is proved on
 //! this path too.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use outbox_relay_dev::{shared_servers, wait_until, write_batched, write_concurrently};
+use outbox_relay_dev::{
+    shared_servers, wait_until, write_batched, write_concurrently, Kafka, Postgres, RelayConfig,
+};
 
 use crate::support::{
     bin, cli_with, large_transaction, peak_rss_kib, random_pause, scalar_i64, scrape, setup, spawn,
@@ -171,5 +174,61 @@ async fn a_200k_row_transaction_is_read_through_the_sql_interface_in_bounded_mem
         peak / 1024
     );
     ensure!(peak < 150 * 1024, "peak RSS {peak} KiB is not bounded");
+    Ok(())
+}
+
+/// With every replication slot in use (the relay's own among them) there is no room for the
+/// temporary copy a catch-up reads from: `doctor` warns, and the relay streams the
+/// backlog instead, exactly once. A private cluster, restarted with max_replication_slots = 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_free_slot_for_the_copy_the_backlog_is_streamed() -> Result<()> {
+    let _guard = shared_servers().await;
+    let pg = tokio::task::spawn_blocking(Postgres::start_new).await??;
+    let admin = pg.admin("postgres").await?;
+    admin
+        .batch_execute("ALTER SYSTEM SET max_replication_slots = 1")
+        .await?;
+    drop(admin);
+    pg.restart().await?;
+    let db = pg.new_database().await?;
+    let kafka = Kafka::shared();
+    let types = ["booking"];
+    let mut cfg = RelayConfig::new(&pg, &db, kafka);
+    cfg.create_topics(kafka, &types, 3).await?;
+    cfg.set("catchup.mode", "auto");
+    cfg.set("catchup.min_lag_mb", 1i64);
+    let topics = topics(&cfg, &types);
+    // The first start creates the slot: 1 of 1 used.
+    let mut relay = start(&cfg).await?;
+    stop(&mut relay).await?;
+    let doctor = cli_with(&cfg, &["doctor"], &[])?;
+    // A warning, not a failure (this config has no dead-letter topic, so doctor's exit code
+    // says nothing here; tests/it/doctor.rs proves the codes).
+    ensure!(
+        doctor
+            .text()
+            .contains("[warn] max_replication_slots: all 1 slots are used")
+            && doctor.text().contains("no room for the temporary copy"),
+        "{}",
+        doctor.text()
+    );
+
+    let written = write_concurrently(&db, &spec(30_000, &types, &[1, 100], 2)).await?;
+    let mut relay = start(&cfg).await?;
+    wait_published(&topics, &written, Duration::from_secs(120)).await?;
+    let logs = relay.logs();
+    ensure!(
+        logs.contains("the slot is far behind")
+            && logs.contains("cannot catch up through the SQL interface: streaming instead")
+            && logs.contains("all replication slots are in use")
+            && !logs.contains("on a temporary copy of the slot"),
+        "{logs}"
+    );
+    ensure!(
+        scrape(&relay).await?.value("outbox_relay_catching_up") == 0.0,
+        "reporting a catch-up that could not start"
+    );
+    stop(&mut relay).await?;
+    verdict(&topics, &written).await?.assert_exactly_once();
     Ok(())
 }
