@@ -233,6 +233,7 @@ fn record(
     rows: i64,
     d: &DrainResult,
     limit_eps: Option<f64>,
+    limit_cpu_per_m: Option<f64>,
 ) -> f64 {
     let p = match reading {
         Reading::Streaming => "relay",
@@ -285,6 +286,16 @@ fn record(
     }
     report.add(section, &format!("{p} peak RSS"), "MB", d.relay.hwm_mb());
     report.add(section, &format!("{p} CPU per 1M events"), "CPU s", per_m);
+    // Issue 16's CPU target: the relay's own CPU per event beside pg_recvlogical's own (the
+    // client process alone, not the walsender) for the same stream, in the same run.
+    if let Some(l) = limit_cpu_per_m.filter(|l| *l > 0.0) {
+        report.add(
+            section,
+            &format!("{p} CPU / pg_recvlogical CPU"),
+            "ratio",
+            per_m / l,
+        );
+    }
     let who = match reading {
         Reading::Streaming => "relay streaming",
         Reading::CatchUp => "relay catch-up",
@@ -361,6 +372,7 @@ pub async fn backlog_run(
 
     let m = rows as f64 / 1e6;
     let mut limit_eps = None;
+    let mut limit_cpu_per_m = None;
     if drains.limit {
         let pg0 = postgres_cpu_secs();
         let (secs, st) = pg_recvlogical(&env.db, &limit_slot, backlog.end_lsn).await?;
@@ -385,7 +397,14 @@ pub async fn backlog_run(
                 c / m,
             );
         }
+        report.add(
+            section,
+            "pg_recvlogical CPU per 1M events",
+            "CPU s",
+            st.cpu_secs() / m,
+        );
         limit_eps = Some(eps);
+        limit_cpu_per_m = Some(st.cpu_secs() / m);
     }
 
     let mut stream_eps = None;
@@ -398,12 +417,21 @@ pub async fn backlog_run(
             rows,
             &d,
             limit_eps,
+            limit_cpu_per_m,
         ));
     }
     let mut catch_up_eps = None;
     if let Some(cfg) = &catch_up_cfg {
         let d = relay_drain(opts, cfg, backlog, rows, Reading::CatchUp).await?;
-        let eps = record(report, section, Reading::CatchUp, rows, &d, limit_eps);
+        let eps = record(
+            report,
+            section,
+            Reading::CatchUp,
+            rows,
+            &d,
+            limit_eps,
+            limit_cpu_per_m,
+        );
         if let Some(s) = stream_eps {
             report.add(section, "relay catch-up / streaming", "ratio", eps / s);
         }

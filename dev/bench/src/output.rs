@@ -67,6 +67,12 @@ pub fn target_check(report: &Report) -> Vec<(String, String, bool)> {
         "ms",
     );
     check(
+        "relay CPU per event <= 1.2x pg_recvlogical's own, streaming (100-row txns)",
+        report.get(b, "relay CPU / pg_recvlogical CPU"),
+        &|v| v <= 1.2,
+        "x",
+    );
+    check(
         "<= 5 CPU s per 1M events (1M backlog, 100-row txns)",
         report.get(b, "relay CPU per 1M events"),
         &|v| v <= 5.0,
