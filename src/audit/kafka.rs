@@ -33,6 +33,7 @@ use super::window::Judge;
 use super::{time, Failure};
 use crate::config::Config;
 use crate::lsn::Lsn;
+use crate::sink::kafka_error::is_connection_loss;
 
 /// Bound on each metadata, watermark and offset request.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -275,6 +276,10 @@ fn probe(
             None => {}
             Some(Err(KafkaError::PartitionEOF(p))) if p == partition => return Ok(None),
             Some(Err(KafkaError::PartitionEOF(_))) => {}
+            // librdkafka reconnects; the stall deadline above bounds an outage.
+            Some(Err(e)) if is_connection_loss(&e) => {
+                tracing::debug!(error = %e, "audit: a broker connection dropped; reading on");
+            }
             Some(Err(e)) => return Err(kafka_err(format!("reading {topic}/{partition}"))(e)),
             Some(Ok(m)) => {
                 if m.partition() != partition || m.offset() < offset {
@@ -477,6 +482,20 @@ pub fn read(
         let mut last_delivery = Instant::now();
         while !ends.is_empty() {
             let msg = match consumer.poll(Duration::from_millis(500)) {
+                // A dropped connection is waited out like silence: librdkafka reconnects.
+                None => None,
+                Some(Err(e)) if is_connection_loss(&e) => {
+                    tracing::debug!(error = %e, "audit: a broker connection dropped; reading on");
+                    None
+                }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    done(consumer, &t.name, p, &mut ends);
+                    continue;
+                }
+                Some(Err(e)) => return Err(kafka_err(format!("reading {}", t.name))(e)),
+                Some(Ok(m)) => Some(m),
+            };
+            let msg = match msg {
                 None => {
                     if last_delivery.elapsed() > STALL {
                         return Err(Failure::CannotJudge(format!(
@@ -487,12 +506,7 @@ pub fn read(
                     }
                     continue;
                 }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    done(consumer, &t.name, p, &mut ends);
-                    continue;
-                }
-                Some(Err(e)) => return Err(kafka_err(format!("reading {}", t.name))(e)),
-                Some(Ok(m)) => m,
+                Some(m) => m,
             };
             last_delivery = Instant::now();
             let partition = msg.partition();

@@ -18,6 +18,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::kafka_error;
 use super::producer::SinkContext;
 use crate::config::ClientProps;
 use crate::error::{Error, Result};
@@ -276,6 +277,8 @@ fn read_to_end(
         match consumer.poll(Duration::from_millis(200)) {
             None => continue,
             Some(Err(KafkaError::PartitionEOF(_))) => return latest,
+            // librdkafka reconnects; the deadline above bounds an outage.
+            Some(Err(e)) if kafka_error::is_connection_loss(&e) => continue,
             Some(Err(e)) => {
                 if matches!(
                     e.rdkafka_error_code(),

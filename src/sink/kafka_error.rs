@@ -56,6 +56,20 @@ pub fn is_auth(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// Whether a consumer's error only says a broker connection dropped: librdkafka reconnects by
+/// itself, so a reader keeps polling (under its own deadline) instead of giving up. A new client
+/// reports `AllBrokersDown` when its bootstrap connection closes before the broker's own is up.
+pub fn is_connection_loss(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure
+        ) | KafkaError::Global(
+            RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure
+        )
+    )
+}
+
 /// Codes that mean "this record can never be written as it is", as a dead-letter reason.
 pub fn refusal_reason(code: RDKafkaErrorCode) -> Option<Reason> {
     Some(match code {
@@ -149,6 +163,20 @@ mod tests {
         ] {
             assert_eq!(refusal_reason(code), None, "{code:?}");
         }
+    }
+
+    #[test]
+    fn a_dropped_connection_is_not_a_reader_failure() {
+        assert!(is_connection_loss(&KafkaError::MessageConsumption(
+            C::AllBrokersDown
+        )));
+        assert!(is_connection_loss(&KafkaError::Global(
+            C::BrokerTransportFailure
+        )));
+        assert!(!is_connection_loss(&KafkaError::MessageConsumption(
+            C::TopicAuthorizationFailed
+        )));
+        assert!(!is_connection_loss(&KafkaError::PartitionEOF(0)));
     }
 
     #[test]
