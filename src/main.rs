@@ -26,7 +26,8 @@ use tokio::sync::watch;
 /// broker acknowledged it (`_int_free`, another arena's lock). jemalloc's thread caches take
 /// that. Replacing only Rust's allocator changed nothing measurable; replacing malloc cut the
 /// relay's CPU per event by a fifth to two fifths, for 1-4 MB more peak RSS (issue 16,
-/// `outbox-relay-bench --drain-only` and `--large-txn-only`, figures in the commit that set it). Linux only: elsewhere jemalloc cannot take over `malloc`.
+/// `outbox-relay-bench --drain-only` and `--large-txn-only`, figures in the commit that set it).
+/// Linux only: elsewhere jemalloc cannot take over `malloc`.
 #[cfg(target_os = "linux")]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
