@@ -23,7 +23,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -731,22 +731,35 @@ fn consumer(bootstrap: &str, read_committed: bool, eof: bool) -> Result<BaseCons
         .context("create consumer")
 }
 
-/// The partition ids of `topic`.
-fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>> {
-    // A new client may lose a request sent as it drops its bootstrap connection
-    // (BrokerTransportFailure): ask again until the deadline.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let md = loop {
+/// How long the harness keeps asking a broker that answers with a connection error.
+const ASK_FOR: Duration = Duration::from_secs(60);
+/// One attempt's bound, so that a request lost with a dropped connection is sent again soon.
+const ASK_EACH: Duration = Duration::from_secs(5);
+
+/// Calls `ask` with a timeout of at most [`ASK_EACH`] until it succeeds or [`ASK_FOR`] passed.
+/// A new client may lose a request sent as it drops its bootstrap connection
+/// (BrokerTransportFailure), and a loaded 2-core machine has seen one such request hang for its
+/// whole 10 s timeout (CI at c2c941d): the harness must not call that a lost event.
+fn ask_again<T>(what: &str, mut ask: impl FnMut(Duration) -> KafkaResult<T>) -> Result<T> {
+    let deadline = Instant::now() + ASK_FOR;
+    loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match consumer.fetch_metadata(Some(topic), left) {
-            Ok(md) => break md,
+        match ask(left.min(ASK_EACH).max(Duration::from_millis(100))) {
+            Ok(v) => return Ok(v),
             Err(e) if left > Duration::from_millis(100) => {
-                eprintln!("[harness] metadata of {topic}: {e}; asking again");
+                eprintln!("[harness] {what}: {e}; asking again");
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Err(e) => return Err(e).with_context(|| format!("metadata of {topic}")),
+            Err(e) => return Err(e).with_context(|| what.to_string()),
         }
-    };
+    }
+}
+
+/// The partition ids of `topic`.
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>> {
+    let md = ask_again(&format!("metadata of {topic}"), |t| {
+        consumer.fetch_metadata(Some(topic), t)
+    })?;
     let t = md
         .topics()
         .iter()
@@ -765,9 +778,9 @@ fn ends(consumer: &BaseConsumer, topic: &str, parts: &[i32]) -> Result<Vec<(i64,
     parts
         .iter()
         .map(|p| {
-            consumer
-                .fetch_watermarks(topic, *p, Duration::from_secs(10))
-                .with_context(|| format!("watermarks of {topic}[{p}]"))
+            ask_again(&format!("watermarks of {topic}[{p}]"), |t| {
+                consumer.fetch_watermarks(topic, *p, t)
+            })
         })
         .collect()
 }
