@@ -23,12 +23,21 @@
 //! - Memory: a call returns whole transactions, past `chunk_changes`; rows are streamed from the
 //!   socket (tokio-postgres stops reading while the bounded channel is full) and Postgres
 //!   spills the call's result to disk, so a huge transaction costs neither side memory.
+//! - Reading ahead: Postgres decodes a call's whole result before it sends the first row (a
+//!   quarter to a third of a 1M-row catch-up was spent waiting for first rows). When that first
+//!   row arrives, the call has already moved its copy to where its last transaction ends, so a
+//!   second session copies that copy and starts the next call while this one's rows are
+//!   published: the next call's decoding overlaps this call's publishing, and the two sessions
+//!   take turns. Rows of the call read ahead wait in Postgres (its result is materialised, and
+//!   the relay reads nothing of it but its first row until it is the current call), so memory
+//!   stays bounded. It needs a third replication slot; without one, or after any error of the
+//!   second session, calls run one after another as before.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{pin_mut, TryStreamExt};
+use futures::TryStreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::types::PgLsn;
@@ -70,8 +79,10 @@ pub struct CatchUp {
     /// Set by [`CatchUp::stop`]: advance to the last acknowledgement now.
     flush: watch::Sender<bool>,
     advanced: watch::Receiver<Lsn>,
-    /// Cancels the running call when the catch-up ends (a call can run long on a huge transaction).
-    cancel: Option<(tokio_postgres::CancelToken, SourceSettings)>,
+    /// Cancels the running calls when the catch-up ends (a call can run long on a huge
+    /// transaction): one token per session.
+    cancel: Vec<tokio_postgres::CancelToken>,
+    settings: SourceSettings,
     /// The temporary copy's name (for messages).
     copy: String,
 }
@@ -92,11 +103,7 @@ impl CatchUp {
         let s = control.settings().clone();
         let reader = Control::connect_to(&s).await?;
         let acker = Control::connect_to(&s).await?;
-        let copy = copy_name(
-            &s.slot,
-            std::process::id(),
-            COPIES.fetch_add(1, Ordering::Relaxed),
-        );
+        let copy = next_copy_name(&s.slot);
         reader
             .client()
             .execute(
@@ -105,16 +112,20 @@ impl CatchUp {
             )
             .await
             .map_err(|e| reader.sql_error("copying the slot into a temporary one for catch-up (pg_copy_logical_replication_slot)", e))?;
-        let stmt = reader
-            .client()
-            .prepare(
-                "SELECT lsn, data FROM pg_logical_slot_get_binary_changes($1::text::name, NULL, $2::int4, \
-                 'proto_version', '1', 'publication_names', $3::text, 'messages', 'true')",
-            )
-            .await
-            .map_err(|e| reader.sql_error("preparing the catch-up read", e))?;
+        let mut cancel = vec![reader.client().cancel_token()];
+        let first = Lane::new(reader, Some(copy.clone())).await?;
+        // The second session is only for reading ahead: without it, calls run one by one.
+        let spare = match Control::connect_to(&s).await {
+            Ok(c) => {
+                cancel.push(c.client().cancel_token());
+                Lane::new(c, None).await.ok()
+            }
+            Err(e) => {
+                tracing::info!(error = %e.report(), "catch-up: no second session, so no call is read ahead");
+                None
+            }
+        };
         let (tx, events) = mpsc::channel(READ_AHEAD);
-        let cancel = Some((reader.client().cancel_token(), s.clone()));
         let (acks, ack_rx) = watch::channel(Lsn::ZERO);
         let (advanced_tx, advanced) = watch::channel(Lsn::ZERO);
         let (flush, flush_rx) = watch::channel(false);
@@ -125,7 +136,7 @@ impl CatchUp {
             advanced_tx,
             tx.clone(),
         ));
-        let reader = tokio::spawn(read_loop(reader, stmt, copy.clone(), opts, tx));
+        let reader = tokio::spawn(read_loop(first, spare, opts, tx));
         tracing::info!(slot = %s.slot, copy = %copy, chunk_changes = opts.chunk_changes, "catching up through the SQL interface (pg_logical_slot_get_binary_changes on a temporary copy of the slot)");
         Ok(Self {
             events,
@@ -135,6 +146,7 @@ impl CatchUp {
             flush,
             advanced,
             cancel,
+            settings: s,
             copy,
         })
     }
@@ -179,10 +191,19 @@ impl CatchUp {
         .await;
         self.reader.abort();
         self.acker.abort();
-        if let Some((token, s)) = self.cancel.take() {
-            Control::cancel(&s, token).await;
+        for token in std::mem::take(&mut self.cancel) {
+            Control::cancel(&self.settings, token).await;
         }
     }
+}
+
+/// A name for a new temporary copy of `slot`, unique in this process.
+fn next_copy_name(slot: &str) -> String {
+    copy_name(
+        slot,
+        std::process::id(),
+        COPIES.fetch_add(1, Ordering::Relaxed),
+    )
 }
 
 /// `<slot>_cu<pid>_<n>`, cut to Postgres' 63 bytes (slot names are ASCII).
@@ -207,21 +228,228 @@ fn next_chunk(chunk_changes: u64, read: u64) -> u64 {
     read.clamp(chunk_changes, chunk_changes.saturating_mul(MAX_GROWTH))
 }
 
-/// Reads the copy chunk by chunk into `tx` until the loop goes away.
-async fn read_loop(
+/// A session the reader calls through: its temporary copy (which only this session may use)
+/// and the call prepared on it.
+struct Lane {
     control: Control,
     stmt: tokio_postgres::Statement,
-    copy: String,
+    /// `None` until the session made its first copy.
+    copy: Option<String>,
+}
+
+impl Lane {
+    async fn new(control: Control, copy: Option<String>) -> Result<Self> {
+        let stmt = control
+            .client()
+            .prepare(
+                "SELECT lsn, data FROM pg_logical_slot_get_binary_changes($1::text::name, NULL, $2::int4, \
+                 'proto_version', '1', 'publication_names', $3::text, 'messages', 'true')",
+            )
+            .await
+            .map_err(|e| control.sql_error("preparing the catch-up read", e))?;
+        Ok(Self {
+            control,
+            stmt,
+            copy,
+        })
+    }
+
+    fn copy(&self) -> &str {
+        self.copy.as_deref().unwrap_or_default()
+    }
+
+    /// Replaces this session's copy by a copy of `from` (another session's copy, whose last call
+    /// has ended decoding: it stands where that call's last transaction ends).
+    async fn copy_from(&mut self, from: &str) -> Result<()> {
+        if let Some(old) = self.copy.take() {
+            self.control
+                .client()
+                .execute("SELECT pg_drop_replication_slot($1::text::name)", &[&old])
+                .await
+                .map_err(|e| {
+                    self.control
+                        .sql_error("dropping a temporary slot of the catch-up", e)
+                })?;
+        }
+        let copy = next_copy_name(&self.control.settings().slot);
+        self.control
+            .client()
+            .execute(
+                "SELECT pg_copy_logical_replication_slot($1::text::name, $2::text::name, true)",
+                &[&from, &copy],
+            )
+            .await
+            .map_err(|e| {
+                self.control.sql_error(
+                    "copying the catch-up's slot to read ahead (pg_copy_logical_replication_slot)",
+                    e,
+                )
+            })?;
+        self.copy = Some(copy);
+        Ok(())
+    }
+
+    /// Starts a call asking for `ask` changes and waits for its first row: Postgres has decoded
+    /// the whole call by then, and the copy stands where the call's last transaction ends.
+    async fn call(self, ask: u64) -> Result<Call> {
+        let s = self.control.settings();
+        let publication = publication_option(&s.publication);
+        let chunk = i32::try_from(ask).unwrap_or(i32::MAX);
+        let copy = self.copy().to_owned();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&copy, &chunk, &publication];
+        let started = Instant::now();
+        let mut rows = Box::pin(
+            self.control
+                .client()
+                .query_raw(&self.stmt, params)
+                .await
+                .map_err(|e| self.control.sql_error(READING, e))?,
+        );
+        let first = rows
+            .try_next()
+            .await
+            .map_err(|e| self.control.sql_error(READING, e))?;
+        Ok(Call {
+            lane: self,
+            rows,
+            first,
+            asked: chunk,
+            started,
+            ready: Instant::now(),
+        })
+    }
+}
+
+const READING: &str = "reading changes (pg_logical_slot_get_binary_changes)";
+
+/// A call whose result Postgres has decoded: its first row is in (`None`: it had none).
+struct Call {
+    lane: Lane,
+    rows: std::pin::Pin<Box<tokio_postgres::RowStream>>,
+    first: Option<tokio_postgres::Row>,
+    asked: i32,
+    started: Instant,
+    /// When the first row came in (or the call ended).
+    ready: Instant,
+}
+
+impl Call {
+    /// Hands this call's rows to `tx`, in order: how many, and the session back. `None` when the
+    /// loop went away. `since` is when the reader began to wait for this call (for the log).
+    async fn publish(
+        mut self,
+        since: Instant,
+        tx: &mpsc::Sender<Result<SourceEvent>>,
+    ) -> Result<Option<(u64, Lane)>> {
+        let mut n = 0u64;
+        let mut next = self.first.take();
+        while let Some(row) = next {
+            let lsn: PgLsn = row.get(0);
+            let data: &[u8] = row.get(1);
+            let ev = event(Lsn(u64::from(lsn)), data).map_err(|e| {
+                Error::internal(format!(
+                    "postgres {}: undecodable pgoutput message at {} in the catch-up read",
+                    self.lane.control.settings().address(),
+                    Lsn(u64::from(lsn))
+                ))
+                .with_source(e)
+            })?;
+            n += 1;
+            if tx.send(Ok(ev)).await.is_err() {
+                return Ok(None);
+            }
+            next = self
+                .rows
+                .try_next()
+                .await
+                .map_err(|e| self.lane.control.sql_error(READING, e))?;
+        }
+        // `first_row_ms`: how long Postgres decoded before it sent the first row; `waited_ms`:
+        // how much of that the reader waited (less when the call was read ahead).
+        tracing::debug!(
+            asked = self.asked,
+            rows = n,
+            first_row_ms = (self.ready - self.started).as_millis() as u64,
+            waited_ms = self.ready.saturating_duration_since(since).as_millis() as u64,
+            call_ms = self.started.elapsed().as_millis() as u64,
+            "catch-up: one SQL call read"
+        );
+        Ok(Some((n, self.lane)))
+    }
+}
+
+/// The next call, started on the spare session while the current one is published. Dropping it
+/// stops it (its session and temporary copy go with it).
+struct Ahead(JoinHandle<Result<Call>>);
+
+impl Ahead {
+    fn start(mut lane: Lane, from: String, ask: u64) -> Self {
+        Self(tokio::spawn(async move {
+            lane.copy_from(&from).await?;
+            lane.call(ask).await
+        }))
+    }
+
+    /// The call, `None` (logged) if it failed: the caller then calls on its own session, which
+    /// stands at the same position.
+    async fn take(mut self) -> Option<Call> {
+        let r = (&mut self.0).await;
+        match r {
+            Ok(Ok(call)) => Some(call),
+            Ok(Err(e)) => {
+                tracing::info!(error = %e.report(), "catch-up: reading ahead failed; calls run one after another from here");
+                None
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "catch-up: reading ahead failed; calls run one after another from here");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads the copy chunk by chunk into `tx` until the loop goes away, the next call read ahead on
+/// `spare` (see the module's doc) while the reader is in a backlog.
+async fn read_loop(
+    first: Lane,
+    mut spare: Option<Lane>,
     opts: Options,
     tx: mpsc::Sender<Result<SourceEvent>>,
 ) {
-    let s = control.settings().clone();
+    let s = first.control.settings().clone();
     let mut read = 0u64;
+    let mut since = Instant::now();
+    let mut call = match first.call(next_chunk(opts.chunk_changes, read)).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+    };
+    // Read ahead only while the calls come back full: an idle outbox is polled one call at a time.
+    let mut in_backlog = true;
+    let mut read_ahead = false;
     loop {
-        let ask = next_chunk(opts.chunk_changes, read);
-        let chunk = i32::try_from(ask).unwrap_or(i32::MAX);
-        let rows = match read_chunk(&control, &stmt, &copy, chunk, &tx).await {
-            Ok(Some(n)) => n,
+        let asked = u64::try_from(call.asked).unwrap_or(0);
+        let ahead = match spare.take() {
+            Some(lane) if in_backlog => Some(Ahead::start(
+                lane,
+                call.lane.copy().to_owned(),
+                next_chunk(opts.chunk_changes, read + asked),
+            )),
+            other => {
+                spare = other;
+                None
+            }
+        };
+        let (rows, lane) = match call.publish(since, &tx).await {
+            Ok(Some(done)) => done,
             Ok(None) => return,
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
@@ -229,102 +457,73 @@ async fn read_loop(
             }
         };
         read += rows;
-        if rows >= ask {
-            continue;
-        }
-        match opts.at_end {
-            AtEnd::Stream => {
-                let _ = tx.send(Ok(SourceEvent::CaughtUp)).await;
-                return;
-            }
-            AtEnd::Poll(wait) => {
-                // Everything committed before the copy's position was handed over: that is what
-                // a walsender's keepalive says (the loop may checkpoint an idle outbox with it).
-                match confirmed(&control, &copy).await {
-                    Ok(Some(wal_end)) => {
-                        if tx
-                            .send(Ok(SourceEvent::KeepAlive { wal_end }))
-                            .await
-                            .is_err()
-                        {
+        in_backlog = rows >= asked;
+        if !in_backlog {
+            match opts.at_end {
+                AtEnd::Stream => {
+                    let _ = tx.send(Ok(SourceEvent::CaughtUp)).await;
+                    return;
+                }
+                AtEnd::Poll(wait) => {
+                    // Everything committed before the copy's position was handed over: that is
+                    // what a walsender's keepalive says (the loop may checkpoint an idle outbox
+                    // with it).
+                    match confirmed(&lane.control, lane.copy()).await {
+                        Ok(Some(wal_end)) => {
+                            if tx
+                                .send(Ok(SourceEvent::KeepAlive { wal_end }))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Ok(None) => {
+                            let _ = tx
+                                .send(Err(Error::transient(format!(
+                                    "postgres {}: the temporary slot {:?} of the catch-up is gone",
+                                    s.address(),
+                                    lane.copy()
+                                ))))
+                                .await;
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
                             return;
                         }
                     }
-                    Ok(None) => {
-                        let _ = tx
-                            .send(Err(Error::transient(format!(
-                                "postgres {}: the temporary slot {copy:?} of the catch-up is gone",
-                                s.address()
-                            ))))
-                            .await;
-                        return;
+                    if rows == 0 && ahead.is_none() {
+                        tokio::time::sleep(wait).await;
                     }
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                }
-                if rows == 0 {
-                    tokio::time::sleep(wait).await;
                 }
             }
         }
+        since = Instant::now();
+        // The call read ahead starts where this one ended; if it failed, this session's copy
+        // stands at the same place.
+        let next = match ahead {
+            Some(a) => a.take().await,
+            None => None,
+        };
+        call = match next {
+            Some(c) => {
+                if !read_ahead {
+                    read_ahead = true;
+                    tracing::info!("catch-up: reading each next call ahead on a second session");
+                }
+                spare = Some(lane);
+                c
+            }
+            None => match lane.call(next_chunk(opts.chunk_changes, read)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            },
+        };
     }
-}
-
-/// One call: its rows into `tx`. `None` when the loop went away.
-async fn read_chunk(
-    control: &Control,
-    stmt: &tokio_postgres::Statement,
-    copy: &str,
-    chunk: i32,
-    tx: &mpsc::Sender<Result<SourceEvent>>,
-) -> Result<Option<u64>> {
-    let s = control.settings();
-    let publication = publication_option(&s.publication);
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&copy, &chunk, &publication];
-    let started = Instant::now();
-    let mut first_row = None;
-    let rows = control
-        .client()
-        .query_raw(stmt, params)
-        .await
-        .map_err(|e| {
-            control.sql_error("reading changes (pg_logical_slot_get_binary_changes)", e)
-        })?;
-    pin_mut!(rows);
-    let mut n = 0u64;
-    while let Some(row) = rows
-        .try_next()
-        .await
-        .map_err(|e| control.sql_error("reading changes (pg_logical_slot_get_binary_changes)", e))?
-    {
-        let lsn: PgLsn = row.get(0);
-        let data: &[u8] = row.get(1);
-        let ev = event(Lsn(u64::from(lsn)), data).map_err(|e| {
-            Error::internal(format!(
-                "postgres {}: undecodable pgoutput message at {} in the catch-up read",
-                s.address(),
-                Lsn(u64::from(lsn))
-            ))
-            .with_source(e)
-        })?;
-        n += 1;
-        first_row.get_or_insert_with(|| started.elapsed());
-        if tx.send(Ok(ev)).await.is_err() {
-            return Ok(None);
-        }
-    }
-    // Postgres decodes a call's whole result before it sends the first row: `first_row_ms` is
-    // the time the loop may wait for this call (what read-ahead does not cover).
-    tracing::debug!(
-        asked = chunk,
-        rows = n,
-        first_row_ms = first_row.unwrap_or_else(|| started.elapsed()).as_millis() as u64,
-        call_ms = started.elapsed().as_millis() as u64,
-        "catch-up: one SQL call read"
-    );
-    Ok(Some(n))
 }
 
 /// The copy's `confirmed_flush_lsn` (`None`: the copy is gone).

@@ -1,8 +1,9 @@
 //! Catch-up: a backlog read through the SQL decoding interface (`[catchup]`) is published exactly
-//! once, in order per key, like a streamed one; the relay then streams; a kill -9 during the read
-//! loses and repeats nothing; a standby waits on the relay's lock and never fences the relay that
-//! catches up; a huge transaction is read in bounded memory; with no free slot for the temporary
-//! copy, `doctor` warns and the backlog is streamed instead. The whole fault suite also runs with
+//! once, in order per key, like a streamed one, with each next call read ahead on a second
+//! session; the relay then streams; a kill -9 during the read loses and repeats nothing; a standby
+//! waits on the relay's lock and never fences the relay that catches up; a huge transaction is
+//! read in bounded memory; with no free slot for the temporary copy, `doctor` warns and the
+//! backlog is streamed instead. The whole fault suite also runs with
 //! `OUTBOX_RELAY__CATCHUP__MODE=always` (`.ci/run`), so every kill, restart and cut is proved on
 //! this path too.
 
@@ -21,6 +22,7 @@ use crate::support::{
 
 const READING: &str = "catching up through the SQL interface";
 const CAUGHT_UP: &str = "caught up: streaming from the slot again";
+const READ_AHEAD: &str = "catch-up: reading each next call ahead on a second session";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_is_read_through_the_sql_interface_then_the_relay_streams() -> Result<()> {
@@ -44,6 +46,8 @@ async fn a_backlog_is_read_through_the_sql_interface_then_the_relay_streams() ->
     })
     .await?;
     ensure!(relay.logs().contains(READING), "{}", relay.logs());
+    // 30k rows in calls of 2000, 2000, 4000, ...: the calls after the first are read ahead.
+    ensure!(relay.logs().contains(READ_AHEAD), "{}", relay.logs());
     ensure!(
         scrape(&relay).await?.value("outbox_relay_catching_up") == 0.0,
         "still reporting a catch-up after it ended"

@@ -74,6 +74,12 @@ pub(super) async fn capacity(
             format!("all {max_slots} slots are used, the relay's among them: no room for the temporary copy a catch-up reads a backlog from, so backlogs are streamed (slower; README, \"Catching up a backlog\")"),
             "raise max_replication_slots by one (restart), or drop an unused slot (SELECT pg_drop_replication_slot(name))",
         )
+    } else if slot.is_some() && used_slots + 1 == max_slots {
+        Check::ok(
+            PG,
+            "max_replication_slots",
+            format!("{used_slots} of {max_slots} used, the relay's slot among them: room for the temporary copy a catch-up reads from, not for a second one to read ahead with (one more slot makes a catch-up faster)"),
+        )
     } else if slot.is_some() {
         Check::ok(
             PG,
