@@ -3,15 +3,16 @@
 //! session; the relay then streams; a kill -9 during the read loses and repeats nothing; a standby
 //! waits on the relay's lock and never fences the relay that catches up; a huge transaction is
 //! read in bounded memory; with no free slot for the temporary copy, `doctor` warns and the
-//! backlog is streamed instead. The whole fault suite also runs with
-//! `OUTBOX_RELAY__CATCHUP__MODE=always` (`.ci/run`), so every kill, restart and cut is proved on
-//! this path too.
+//! backlog is streamed instead; with room for one copy only, nothing is read ahead. The whole
+//! fault suite also runs with `OUTBOX_RELAY__CATCHUP__MODE=always` (`.ci/run`), so every kill,
+//! restart and cut is proved on this path too.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use outbox_relay_dev::{
     shared_servers, wait_until, write_batched, write_concurrently, Kafka, Postgres, RelayConfig,
+    TestDb,
 };
 
 use crate::support::{
@@ -187,20 +188,8 @@ async fn a_200k_row_transaction_is_read_through_the_sql_interface_in_bounded_mem
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_free_slot_for_the_copy_the_backlog_is_streamed() -> Result<()> {
     let _guard = shared_servers().await;
-    let pg = tokio::task::spawn_blocking(Postgres::start_new).await??;
-    let admin = pg.admin("postgres").await?;
-    admin
-        .batch_execute("ALTER SYSTEM SET max_replication_slots = 1")
-        .await?;
-    drop(admin);
-    pg.restart().await?;
-    let db = pg.new_database().await?;
-    let kafka = Kafka::shared();
+    let (pg, db, cfg) = with_max_replication_slots(1).await?;
     let types = ["booking"];
-    let mut cfg = RelayConfig::new(&pg, &db, kafka);
-    cfg.create_topics(kafka, &types, 3).await?;
-    cfg.set("catchup.mode", "auto");
-    cfg.set("catchup.min_lag_mb", 1i64);
     let topics = topics(&cfg, &types);
     // The first start creates the slot: 1 of 1 used.
     let mut relay = start(&cfg).await?;
@@ -234,5 +223,71 @@ async fn with_no_free_slot_for_the_copy_the_backlog_is_streamed() -> Result<()> 
     );
     stop(&mut relay).await?;
     verdict(&topics, &written).await?.assert_exactly_once();
+    drop(pg);
     Ok(())
+}
+
+/// With room for the copy but not for a second one, `doctor` says so and the relay catches up
+/// with its calls one after another: the second session's copy fails, nothing is read ahead, and
+/// the backlog is published exactly once. A private cluster, restarted with max_replication_slots = 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_room_for_one_copy_the_calls_run_one_after_another() -> Result<()> {
+    let _guard = shared_servers().await;
+    let (pg, db, mut cfg) = with_max_replication_slots(2).await?;
+    cfg.set("catchup.chunk_changes", 2_000i64);
+    let types = ["booking"];
+    let topics = topics(&cfg, &types);
+    // The first start creates the slot: 1 of 2 used.
+    let mut relay = start(&cfg).await?;
+    stop(&mut relay).await?;
+    let doctor = cli_with(&cfg, &["doctor"], &[])?;
+    ensure!(
+        doctor
+            .text()
+            .lines()
+            .any(|l| l.contains("[ok]") && l.contains("max_replication_slots: 1 of 2 used"))
+            && doctor.text().contains("not for a second one to read ahead"),
+        "{}",
+        doctor.text()
+    );
+
+    let written = write_concurrently(&db, &spec(30_000, &types, &[1, 100], 2)).await?;
+    let mut relay = start(&cfg).await?;
+    wait_until(Duration::from_secs(120), "the relay to catch up", || {
+        let logs = relay.logs();
+        async move { Ok(logs.contains(CAUGHT_UP).then_some(())) }
+    })
+    .await?;
+    wait_published(&topics, &written, Duration::from_secs(120)).await?;
+    let logs = relay.logs();
+    ensure!(
+        logs.contains(READING)
+            && logs.contains("reading ahead failed; calls run one after another from here")
+            && logs.contains("all replication slots are in use")
+            && !logs.contains(READ_AHEAD),
+        "{logs}"
+    );
+    stop(&mut relay).await?;
+    verdict(&topics, &written).await?.assert_exactly_once();
+    drop(pg);
+    Ok(())
+}
+
+/// A private cluster restarted with `max_replication_slots = n`, a database on it, and a relay
+/// configuration that catches up any backlog of 1 MiB or more (topics made for `booking`).
+async fn with_max_replication_slots(n: u32) -> Result<(Postgres, TestDb, RelayConfig)> {
+    let pg = tokio::task::spawn_blocking(Postgres::start_new).await??;
+    let admin = pg.admin("postgres").await?;
+    admin
+        .batch_execute(&format!("ALTER SYSTEM SET max_replication_slots = {n}"))
+        .await?;
+    drop(admin);
+    pg.restart().await?;
+    let db = pg.new_database().await?;
+    let kafka = Kafka::shared();
+    let mut cfg = RelayConfig::new(&pg, &db, kafka);
+    cfg.create_topics(kafka, &["booking"], 3).await?;
+    cfg.set("catchup.mode", "auto");
+    cfg.set("catchup.min_lag_mb", 1i64);
+    Ok((pg, db, cfg))
 }
