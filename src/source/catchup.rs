@@ -393,18 +393,13 @@ impl Ahead {
     /// The call, `None` (logged) if it failed: the caller then calls on its own session, which
     /// stands at the same position.
     async fn take(mut self) -> Option<Call> {
-        let r = (&mut self.0).await;
-        match r {
-            Ok(Ok(call)) => Some(call),
-            Ok(Err(e)) => {
-                tracing::info!(error = %e.report(), "catch-up: reading ahead failed; calls run one after another from here");
-                None
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "catch-up: reading ahead failed; calls run one after another from here");
-                None
-            }
-        }
+        let error = match (&mut self.0).await {
+            Ok(Ok(call)) => return Some(call),
+            Ok(Err(e)) => e.report(),
+            Err(e) => e.to_string(),
+        };
+        tracing::info!(%error, "catch-up: reading ahead failed; calls run one after another from here");
+        None
     }
 }
 
@@ -437,17 +432,13 @@ async fn read_loop(
     let mut read_ahead = false;
     loop {
         let asked = u64::try_from(call.asked).unwrap_or(0);
-        let ahead = match spare.take() {
-            Some(lane) if in_backlog => Some(Ahead::start(
+        let ahead = if in_backlog { spare.take() } else { None }.map(|lane| {
+            Ahead::start(
                 lane,
                 call.lane.copy().to_owned(),
                 next_chunk(opts.chunk_changes, read + asked),
-            )),
-            other => {
-                spare = other;
-                None
-            }
-        };
+            )
+        });
         let (rows, lane) = match call.publish(since, &tx).await {
             Ok(Some(done)) => done,
             Ok(None) => return,

@@ -191,19 +191,12 @@ async fn with_no_free_slot_for_the_copy_the_backlog_is_streamed() -> Result<()> 
     let (pg, db, cfg) = with_max_replication_slots(1).await?;
     let types = ["booking"];
     let topics = topics(&cfg, &types);
-    // The first start creates the slot: 1 of 1 used.
-    let mut relay = start(&cfg).await?;
-    stop(&mut relay).await?;
-    let doctor = cli_with(&cfg, &["doctor"], &[])?;
-    // A warning, not a failure (this config has no dead-letter topic, so doctor's exit code
-    // says nothing here; tests/it/doctor.rs proves the codes).
+    // The first start creates the slot: 1 of 1 used. A warning, not a failure.
+    let doctor = doctor_after_the_first_start(&cfg).await?;
     ensure!(
-        doctor
-            .text()
-            .contains("[warn] max_replication_slots: all 1 slots are used")
-            && doctor.text().contains("no room for the temporary copy"),
-        "{}",
-        doctor.text()
+        doctor.contains("[warn] max_replication_slots: all 1 slots are used")
+            && doctor.contains("no room for the temporary copy"),
+        "{doctor}"
     );
 
     let written = write_concurrently(&db, &spec(30_000, &types, &[1, 100], 2)).await?;
@@ -238,17 +231,13 @@ async fn with_room_for_one_copy_the_calls_run_one_after_another() -> Result<()> 
     let types = ["booking"];
     let topics = topics(&cfg, &types);
     // The first start creates the slot: 1 of 2 used.
-    let mut relay = start(&cfg).await?;
-    stop(&mut relay).await?;
-    let doctor = cli_with(&cfg, &["doctor"], &[])?;
+    let doctor = doctor_after_the_first_start(&cfg).await?;
     ensure!(
         doctor
-            .text()
             .lines()
             .any(|l| l.contains("[ok]") && l.contains("max_replication_slots: 1 of 2 used"))
-            && doctor.text().contains("not for a second one to read ahead"),
-        "{}",
-        doctor.text()
+            && doctor.contains("not for a second one to read ahead"),
+        "{doctor}"
     );
 
     let written = write_concurrently(&db, &spec(30_000, &types, &[1, 100], 2)).await?;
@@ -271,6 +260,15 @@ async fn with_room_for_one_copy_the_calls_run_one_after_another() -> Result<()> 
     verdict(&topics, &written).await?.assert_exactly_once();
     drop(pg);
     Ok(())
+}
+
+/// Starts and stops the relay once (it creates its slot), then returns what `doctor` printed.
+/// Its exit code says nothing here (the config has no dead-letter topic); tests/it/doctor.rs
+/// proves the codes.
+async fn doctor_after_the_first_start(cfg: &RelayConfig) -> Result<String> {
+    let mut relay = start(cfg).await?;
+    stop(&mut relay).await?;
+    Ok(cli_with(cfg, &["doctor"], &[])?.text())
 }
 
 /// A private cluster restarted with `max_replication_slots = n`, a database on it, and a relay
