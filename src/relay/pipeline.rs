@@ -230,7 +230,8 @@ impl<'a> Pipeline<'a> {
     /// The catch-up read reached the WAL end (always at a Postgres commit boundary: a SQL call
     /// returns whole transactions): commit everything read, then stream from the slot. The
     /// stream starts at the slot's position, at or before what Kafka now holds, and the tracker
-    /// skips what the checkpoint covers, as at any start.
+    /// resumes from the last committed checkpoint and skips what it covers, as at any start
+    /// ([`Tracker::restart`]: its partial transaction too).
     async fn switch_to_streaming(&mut self) -> Result<()> {
         let started = Instant::now();
         if !self.committer.fill().is_empty() {
@@ -248,6 +249,7 @@ impl<'a> Pipeline<'a> {
         if let Reader::CatchUp(c) = &mut self.stream {
             c.stop().await;
         }
+        self.tracker.restart();
         let src = self.control.settings().clone();
         let stream = Stream::open(&src, self.reopen).await?;
         self.stream = Reader::Stream(stream);

@@ -11,6 +11,8 @@
 //!  KeepAlive ─> keepalive() ── an idle stream may checkpoint the server's WAL end
 //!  checkpoint(partial) ─> the Checkpoint the cut commits with
 //!  committed(checkpoint) ─> the LSN to acknowledge to Postgres (never past a committed checkpoint)
+//!  restart() ── the stream starts again from the slot in this session: resume from the last
+//!               committed checkpoint (catch-up -> streaming)
 //! ```
 //!
 //! Two positions are never confused (docs/ARCHITECTURE.md, "Two positions"): `resume` is
@@ -116,6 +118,9 @@ pub struct Tracker {
     resume: Lsn,
     pending: Lsn,
     partial_at_start: Option<Partial>,
+    /// The partial transaction of the last committed checkpoint (what [`Tracker::restart`]
+    /// resumes from with `resume`).
+    committed_partial: Option<Partial>,
     cur: Option<Current>,
 }
 
@@ -127,6 +132,7 @@ impl Tracker {
             resume,
             pending: resume,
             partial_at_start: partial,
+            committed_partial: partial,
             cur: None,
         }
     }
@@ -295,8 +301,24 @@ impl Tracker {
 
     /// A commit returned Ok: its checkpoint is durable. Returns the position to acknowledge.
     pub fn committed(&mut self, checkpoint: &Checkpoint) -> Lsn {
+        if checkpoint.resume_lsn >= self.resume {
+            self.committed_partial = checkpoint.partial;
+        }
         self.resume = self.resume.max(checkpoint.resume_lsn);
         self.resume
+    }
+
+    /// The stream starts again from the slot within this session (the catch-up read reached the
+    /// WAL end and the relay streams from here), with nothing assembled and no commit running:
+    /// everything received is committed. The slot resends what follows its position, which may
+    /// be before the checkpoint, so the tracker resumes from the last committed checkpoint, as a
+    /// new session would. Without this, a transaction whose last change ended a split was
+    /// published again: its partial checkpoint was known only to Kafka (a restart that caught
+    /// up a split 200k-row transaction repeated its last rows).
+    pub fn restart(&mut self) {
+        self.cur = None;
+        self.pending = self.resume;
+        self.partial_at_start = self.committed_partial;
     }
 
     /// Shutdown inside a transaction: the partial checkpoint covering the changes received so far
@@ -407,6 +429,29 @@ mod tests {
         assert_eq!(t.change(Lsn(161)), Ok(Change::Skip));
         assert!(matches!(t.change(Lsn(162)), Ok(Change::Publish(_))));
         t.commit(Lsn(210)).expect("commit");
+        assert_eq!(t.checkpoint(None).partial, None);
+    }
+
+    #[test]
+    fn a_restarted_stream_skips_a_transaction_whose_last_change_ended_a_split() {
+        let mut t = Tracker::new(Lsn(100), None);
+        t.begin(Lsn(200), 9, 0).expect("begin");
+        for lsn in [150, 151] {
+            assert!(matches!(t.change(Lsn(lsn)), Ok(Change::Publish(_))));
+        }
+        // The split falls on the transaction's last change: its checkpoint is partial.
+        let split = t.split_due(&fill(5), &BATCH).expect("split");
+        assert_eq!(split.next_index, 2);
+        let cp = t.checkpoint(Some(split));
+        t.commit(Lsn(210)).expect("commit");
+        assert_eq!(t.committed(&cp), Lsn(100));
+        // The stream starts again from the slot (at or before 100): the transaction comes back.
+        t.restart();
+        t.begin(Lsn(200), 9, 0).expect("begin");
+        assert_eq!(t.change(Lsn(150)), Ok(Change::Skip));
+        assert_eq!(t.change(Lsn(151)), Ok(Change::Skip));
+        t.commit(Lsn(210)).expect("commit");
+        assert_eq!(t.checkpoint(None).resume_lsn, Lsn(210));
         assert_eq!(t.checkpoint(None).partial, None);
     }
 

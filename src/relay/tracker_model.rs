@@ -4,7 +4,9 @@
 //! idle periods) replayed with random crashes: at a crash, decided commits that did not complete
 //! are lost with everything assembled, acknowledgements may not have reached the server, and the
 //! next session resumes from the last *committed* checkpoint while the server resumes from the
-//! slot's (possibly older) position, as Postgres does. The driver below plays the loop's part:
+//! slot's (possibly older) position, as Postgres does. A session may also switch from catching
+//! up to streaming between two transactions: everything read is committed, and the stream starts
+//! again from the slot with the same tracker. The driver below plays the loop's part:
 //! it asks the tracker what to do and does it, exactly as `pipeline.rs` does.
 //!
 //! Properties:
@@ -288,54 +290,84 @@ fn scenario(seed: u64) {
         // A crash at a random point of this session's stream (never in the last session).
         let crash_at = (!last_session).then(|| s.rng.random_range(0..items.len() * 3 + 2));
         let mut steps = 0usize;
+        // Catch-up sessions switch to streaming within the session (at most twice here).
+        let mut switches = 0;
         // START_REPLICATION from the slot: transactions that commit at or after it.
-        'stream: for item in items.iter() {
-            match item {
-                Item::KeepAlive(wal_end) => {
-                    if *wal_end < confirmed {
-                        continue;
-                    }
-                    s.tracker.keepalive(*wal_end, &s.fill);
-                }
-                Item::Txn(t) => {
-                    if t.final_lsn < confirmed {
-                        continue;
-                    }
-                    s.tracker.begin(t.final_lsn, t.xid, 0).expect("begin");
-                    for (lsn, id) in &t.rows {
-                        if crash_at == Some(steps) {
-                            break 'stream;
+        'reopen: loop {
+            'stream: for item in items.iter() {
+                match item {
+                    Item::KeepAlive(wal_end) => {
+                        if *wal_end < confirmed {
+                            continue;
                         }
-                        steps += 1;
-                        match s.tracker.change(*lsn).expect("change") {
-                            Change::Skip => {}
-                            Change::Publish(pos) => {
-                                assert_eq!(pos.lsn, *lsn);
-                                s.assemble(*id);
-                                if let Some(p) = s.tracker.split_due(&s.fill, &s.batch) {
-                                    s.decide(Some(p), Cut::Split);
+                        s.tracker.keepalive(*wal_end, &s.fill);
+                    }
+                    Item::Txn(t) => {
+                        if t.final_lsn < confirmed {
+                            continue;
+                        }
+                        s.tracker.begin(t.final_lsn, t.xid, 0).expect("begin");
+                        for (lsn, id) in &t.rows {
+                            if crash_at == Some(steps) {
+                                break 'stream;
+                            }
+                            steps += 1;
+                            match s.tracker.change(*lsn).expect("change") {
+                                Change::Skip => {}
+                                Change::Publish(pos) => {
+                                    assert_eq!(pos.lsn, *lsn);
+                                    s.assemble(*id);
+                                    if let Some(p) = s.tracker.split_due(&s.fill, &s.batch) {
+                                        s.decide(Some(p), Cut::Split);
+                                    }
                                 }
                             }
+                            if s.rng.random_bool(0.2) {
+                                s.tick(&mut kafka, &mut acks);
+                            }
                         }
-                        if s.rng.random_bool(0.2) {
-                            s.tick(&mut kafka, &mut acks);
+                        s.tracker.commit(t.end_lsn).expect("commit");
+                        if s.tracker
+                            .commit_due(&s.fill, s.committing(), &s.batch, s.now)
+                        {
+                            s.decide(None, Cut::Boundary);
                         }
-                    }
-                    s.tracker.commit(t.end_lsn).expect("commit");
-                    if s.tracker
-                        .commit_due(&s.fill, s.committing(), &s.batch, s.now)
-                    {
-                        s.decide(None, Cut::Boundary);
                     }
                 }
+                if crash_at == Some(steps) {
+                    break 'stream;
+                }
+                steps += 1;
+                if s.rng.random_bool(0.5) {
+                    s.tick(&mut kafka, &mut acks);
+                }
+                if switches < 2 && s.rng.random_bool(0.05) {
+                    // The catch-up read reached the WAL end (always between transactions): commit
+                    // everything read, then START_REPLICATION from the slot, with the same tracker.
+                    switches += 1;
+                    if !s.fill.is_empty() {
+                        s.decide(None, Cut::Boundary);
+                    }
+                    while s.committing() {
+                        s.complete_one(&mut kafka, &mut acks);
+                    }
+                    s.tracker.restart();
+                    // As at a start: the last committed checkpoint's partial may ride along.
+                    s.start_partial = kafka.checkpoint.as_ref().and_then(|c| c.partial);
+                    // The last acknowledgements may or may not have reached the slot.
+                    if !acks.is_empty() {
+                        let reached = s.rng.random_range(0..=acks.len());
+                        if reached > 0 {
+                            confirmed = confirmed.max(acks[reached - 1]);
+                        }
+                    }
+                    if std::env::var_os("MODEL_TRACE").is_some() {
+                        eprintln!("  switch: stream again from {confirmed}");
+                    }
+                    continue 'reopen;
+                }
             }
-            if crash_at == Some(steps) {
-                break 'stream;
-            }
-            steps += 1;
-            if s.rng.random_bool(0.5) {
-                s.tick(&mut kafka, &mut acks);
-            }
+            break;
         }
         if last_session {
             // Shutdown: commit what is assembled, wait for every decided commit.
