@@ -18,7 +18,8 @@ use crate::postgres::{Postgres, TestDb};
 use crate::process::{self, ManagedChild};
 use crate::util::{free_port, random_suffix};
 
-/// A running relay process. Dropping it kills it (SIGKILL).
+/// A running relay process. Dropping it kills it (SIGKILL); dropping it while the test panics
+/// prints the end of its log first (see [`show_log_tail`]).
 #[derive(Debug)]
 pub struct RelayProcess {
     child: ManagedChild,
@@ -516,4 +517,47 @@ mod tests {
             "/t/x-%c.profraw"
         );
     }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            show_log_tail(&self.log_path);
+        }
+    }
+}
+
+/// Lines of a relay's log a failing test shows.
+const LOG_TAIL_LINES: usize = 80;
+
+/// Prints the last [`LOG_TAIL_LINES`] of a relay's log to stderr, once per log file (a respawned
+/// relay shares its predecessor's). libtest shows it with the test's failure, so a CI log says what
+/// the relay did before an assertion failed (the log file goes with the harness's directories).
+pub fn show_log_tail(log_path: &Path) {
+    static SHOWN: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    {
+        let mut shown = SHOWN.lock().unwrap_or_else(|e| e.into_inner());
+        if shown.iter().any(|p| p == log_path) {
+            return;
+        }
+        shown.push(log_path.to_path_buf());
+    }
+    let text = std::fs::read_to_string(log_path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+    eprintln!(
+        "---- the relay's log {} (lines {}-{} of {}) ----",
+        log_path.display(),
+        from + 1,
+        lines.len(),
+        lines.len()
+    );
+    for line in &lines[from..] {
+        let cut = line
+            .char_indices()
+            .nth(400)
+            .map_or(*line, |(i, _)| &line[..i]);
+        eprintln!("{cut}");
+    }
+    eprintln!("---- end of the relay's log ----");
 }
