@@ -494,31 +494,6 @@ pub fn find_relay_bin() -> Result<PathBuf> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::continuous_profile_pattern;
-
-    #[test]
-    fn continuous_profile_pattern_keeps_the_name_and_swaps_the_pool() {
-        assert_eq!(
-            continuous_profile_pattern("/t/main-%p-%2m.profraw"),
-            "/t/main-%p-%c.profraw"
-        );
-        assert_eq!(
-            continuous_profile_pattern("/t/x-%m.profraw"),
-            "/t/x-%c.profraw"
-        );
-        assert_eq!(
-            continuous_profile_pattern("/t/x-%p.profraw"),
-            "/t/x-%p%c.profraw"
-        );
-        assert_eq!(
-            continuous_profile_pattern("/t/x-%c.profraw"),
-            "/t/x-%c.profraw"
-        );
-    }
-}
-
 impl Drop for RelayProcess {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -560,4 +535,29 @@ pub fn show_log_tail(log_path: &Path) {
         eprintln!("{cut}");
     }
     eprintln!("---- end of the relay's log ----");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::continuous_profile_pattern;
+
+    #[test]
+    fn continuous_profile_pattern_keeps_the_name_and_swaps_the_pool() {
+        assert_eq!(
+            continuous_profile_pattern("/t/main-%p-%2m.profraw"),
+            "/t/main-%p-%c.profraw"
+        );
+        assert_eq!(
+            continuous_profile_pattern("/t/x-%m.profraw"),
+            "/t/x-%c.profraw"
+        );
+        assert_eq!(
+            continuous_profile_pattern("/t/x-%p.profraw"),
+            "/t/x-%p%c.profraw"
+        );
+        assert_eq!(
+            continuous_profile_pattern("/t/x-%c.profraw"),
+            "/t/x-%c.profraw"
+        );
+    }
 }
