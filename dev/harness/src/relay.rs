@@ -508,7 +508,7 @@ const LOG_TAIL_LINES: usize = 80;
 /// Prints the last [`LOG_TAIL_LINES`] of a relay's log to stderr, once per log file (a respawned
 /// relay shares its predecessor's). libtest shows it with the test's failure, so a CI log says what
 /// the relay did before an assertion failed (the log file goes with the harness's directories).
-pub fn show_log_tail(log_path: &Path) {
+fn show_log_tail(log_path: &Path) {
     static SHOWN: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
     {
         let mut shown = SHOWN.lock().unwrap_or_else(|e| e.into_inner());
@@ -517,24 +517,11 @@ pub fn show_log_tail(log_path: &Path) {
         }
         shown.push(log_path.to_path_buf());
     }
-    let text = std::fs::read_to_string(log_path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let from = lines.len().saturating_sub(LOG_TAIL_LINES);
     eprintln!(
-        "---- the relay's log {} (lines {}-{} of {}) ----",
+        "---- the last {LOG_TAIL_LINES} lines of the relay's log {} ----\n{}\n---- end of the relay's log ----",
         log_path.display(),
-        from + 1,
-        lines.len(),
-        lines.len()
+        crate::postgres::tail(log_path, LOG_TAIL_LINES)
     );
-    for line in &lines[from..] {
-        let cut = line
-            .char_indices()
-            .nth(400)
-            .map_or(*line, |(i, _)| &line[..i]);
-        eprintln!("{cut}");
-    }
-    eprintln!("---- end of the relay's log ----");
 }
 
 #[cfg(test)]
